@@ -1,0 +1,197 @@
+"""The site store: a site's de-identified cases on disk.
+
+Layout of a site directory ``SITE/``::
+
+    site.toml                 the site's policy (site id, minimum cell size)
+    secret.key                32-byte key (hex, mode 0600) for pseudonyms and UIDs; never leaves
+    store/manifest.csv        one row per case (MANIFEST_COLUMNS, then subgroup columns)
+    store/cases/<case>.npy    decoded image, float32, modality units, MONOCHROME2 polarity
+    store/masks/<case>.npy    lesion mask, uint8 0/1, same shape (when labels.csv names one)
+    quarantine/               copies of files that could not be ingested + quarantine.csv
+    ingest-report.json        counts of the last ingest
+
+The manifest never holds original paths, names or UIDs: a case is known by its
+pseudonymous id (keyed HMAC of its SOP Instance UID).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from site_client.policy import POLICY_FILE, SitePolicy, read_policy, write_policy
+
+SECRET_FILE = "secret.key"
+MANIFEST_COLUMNS = (
+    "case_id",
+    "label",
+    "split",
+    "manufacturer",
+    "model",
+    "rows",
+    "columns",
+    "has_mask",
+)
+
+
+class SiteStoreError(RuntimeError):
+    """The site directory is not a usable site store."""
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One de-identified case in the manifest."""
+
+    case_id: str
+    label: int
+    split: str
+    manufacturer: str
+    model: str
+    rows: int
+    columns: int
+    has_mask: bool = False
+    subgroups: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def scanner(self) -> str:
+        """The scanner group: ``"<Manufacturer> <ManufacturerModelName>"``."""
+        return f"{self.manufacturer} {self.model}".strip()
+
+
+class SiteStore:
+    """A site directory (see the module docstring). Open one with `create` or `open`."""
+
+    def __init__(self, root: Path, policy: SitePolicy, secret: bytes) -> None:
+        self.root = root
+        self.policy = policy
+        self.secret = secret
+
+    @property
+    def site_id(self) -> str:
+        """The consortium's name for this site."""
+        return self.policy.site_id
+
+    @property
+    def store_dir(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.store_dir / "manifest.csv"
+
+    @property
+    def cases_dir(self) -> Path:
+        return self.store_dir / "cases"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.store_dir / "masks"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def ingest_report_path(self) -> Path:
+        return self.root / "ingest-report.json"
+
+    @classmethod
+    def create(cls, root: Path, site_id: str | None = None) -> SiteStore:
+        """Open the store at ``root``, creating it (policy, secret, folders) if it is new.
+
+        ``site_id`` defaults to the folder name; for an existing store it must match.
+        """
+        if (root / POLICY_FILE).exists():
+            store = cls.open(root)
+            if site_id is not None and site_id != store.site_id:
+                raise SiteStoreError(
+                    f"{root}: store belongs to site {store.site_id!r}, not {site_id!r}"
+                )
+            return store
+        root.mkdir(parents=True, exist_ok=True)
+        policy = SitePolicy(site_id=site_id or root.resolve().name)
+        write_policy(root, policy)
+        secret_path = root / SECRET_FILE
+        if not secret_path.exists():
+            fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        store = cls.open(root)
+        for folder in (store.cases_dir, store.masks_dir, store.quarantine_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        return store
+
+    @classmethod
+    def open(cls, root: Path) -> SiteStore:
+        """Open an existing store; raises `SiteStoreError` naming what is missing."""
+        if not root.is_dir():
+            raise SiteStoreError(f"{root}: no such site directory")
+        policy = read_policy(root)
+        secret_path = root / SECRET_FILE
+        try:
+            secret = bytes.fromhex(secret_path.read_text().strip())
+        except FileNotFoundError as exc:
+            raise SiteStoreError(f"{secret_path}: site secret is missing") from exc
+        except ValueError as exc:
+            raise SiteStoreError(f"{secret_path}: site secret is not hex") from exc
+        if len(secret) < 16:
+            raise SiteStoreError(f"{secret_path}: site secret is shorter than 16 bytes")
+        return cls(root, policy, secret)
+
+    def read_manifest(self) -> list[CaseRecord]:
+        """All cases in the store, in manifest order (empty for a new store)."""
+        if not self.manifest_path.exists():
+            return []
+        with self.manifest_path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            subgroup_columns = [c for c in reader.fieldnames or [] if c not in MANIFEST_COLUMNS]
+            return [
+                CaseRecord(
+                    case_id=row["case_id"],
+                    label=int(row["label"]),
+                    split=row["split"],
+                    manufacturer=row["manufacturer"],
+                    model=row["model"],
+                    rows=int(row["rows"]),
+                    columns=int(row["columns"]),
+                    has_mask=row["has_mask"] == "1",
+                    subgroups={c: row[c] for c in subgroup_columns},
+                )
+                for row in reader
+            ]
+
+    def write_manifest(self, records: list[CaseRecord]) -> None:
+        """Replace the manifest with ``records`` (written atomically)."""
+        subgroup_columns = sorted({c for r in records for c in r.subgroups})
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest_path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*MANIFEST_COLUMNS, *subgroup_columns])
+            for r in records:
+                writer.writerow(
+                    [r.case_id, r.label, r.split, r.manufacturer, r.model, r.rows, r.columns,
+                     int(r.has_mask), *(r.subgroups.get(c, "") for c in subgroup_columns)]
+                )
+        tmp.replace(self.manifest_path)
+
+    def save_case(self, case_id: str, image: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Store a decoded image (2-D, float32) and optionally its mask (uint8 0/1)."""
+        self.cases_dir.mkdir(parents=True, exist_ok=True)
+        np.save(self.cases_dir / f"{case_id}.npy", image.astype(np.float32, copy=False))
+        if mask is not None:
+            self.masks_dir.mkdir(parents=True, exist_ok=True)
+            np.save(self.masks_dir / f"{case_id}.npy", (mask > 0).astype(np.uint8))
+
+    def load_image(self, case_id: str) -> np.ndarray:
+        """The stored image of ``case_id`` (float32, 2-D)."""
+        return np.load(self.cases_dir / f"{case_id}.npy")
+
+    def load_mask(self, case_id: str) -> np.ndarray:
+        """The stored lesion mask of ``case_id`` (uint8 0/1, 2-D)."""
+        return np.load(self.masks_dir / f"{case_id}.npy")

@@ -1,0 +1,69 @@
+"""The records that cross the wire between a site and the coordinator.
+
+Only what is named here may leave a site (``site_client.egress`` enforces it): model
+weights, counts and score histograms per class and stratum. Never pixels, per-case scores,
+labels or identifiers.
+
+Scores are the model's logits. Histograms bin them on fixed edges, uniform in logit space,
+so that every site's histograms can be summed bin by bin and an operating threshold is
+always a bin edge (confusion counts at it are exact).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- message types (Flower "<category>.<action>") ---------------------------------------
+#: Site profile: site id, case counts per split and per scanner group.
+MSG_PROFILE = "query.profile"
+#: Federated training round (the strategy's own messages).
+MSG_TRAIN = "train"
+#: Local-only baseline: train from the initial model on the site's data alone.
+MSG_TRAIN_LOCAL = "train.local"
+#: Per-round evaluation of the global model (loss, accuracy, AUC on the site's test split).
+MSG_EVALUATE = "evaluate"
+#: Stratified score histograms of one or more models on the site's data.
+MSG_EVALUATE_STRATA = "evaluate.strata"
+
+# --- record keys -------------------------------------------------------------------------
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+PROFILE = "profile"
+#: Key of the MetricRecord holding the histograms of the model named ``name``.
+HISTOGRAMS_PREFIX = "histograms:"
+#: Key of the ArrayRecord holding a model to evaluate in MSG_EVALUATE_STRATA.
+MODEL_PREFIX = "model:"
+NUM_EXAMPLES = "num-examples"
+
+# --- strata ------------------------------------------------------------------------------
+#: A stratum is named "<kind>=<value>"; the whole site's data is "site=all".
+STRATUM_SITE = "site=all"
+STRATUM_MANUFACTURER = "manufacturer"
+STRATUM_SCANNER = "scanner"
+
+# --- score histograms --------------------------------------------------------------------
+LOGIT_RANGE = 8.0
+LOGIT_BIN_WIDTH = 0.05
+#: Inner edges, uniform in logit space; the first and last bins are open-ended.
+SCORE_BIN_EDGES: np.ndarray = np.round(
+    np.arange(-LOGIT_RANGE, LOGIT_RANGE + LOGIT_BIN_WIDTH / 2, LOGIT_BIN_WIDTH), 6
+)
+#: Number of bins: one more than the number of inner edges.
+N_SCORE_BINS = len(SCORE_BIN_EDGES) + 1
+
+
+def score_bin_index(logits: np.ndarray) -> np.ndarray:
+    """Bin index in [0, N_SCORE_BINS) of each logit; bin i holds edges[i-1] <= s < edges[i]."""
+    return np.searchsorted(SCORE_BIN_EDGES, np.asarray(logits, dtype=np.float64), side="right")
+
+
+def histogram_key(split: str, stratum: str, label: int) -> str:
+    """MetricRecord key of one histogram: ``"<split>|<stratum>|<label>"``."""
+    return f"{split}|{stratum}|{label}"
+
+
+def parse_histogram_key(key: str) -> tuple[str, str, int]:
+    """Inverse of `histogram_key`: ``(split, stratum, label)``."""
+    split, stratum, label = key.rsplit("|", 2)
+    return split, stratum, int(label)
