@@ -97,9 +97,7 @@ def read_labels(csv_path: Path) -> LabelsTable:
             errors.append(row_or_error)
         elif row_or_error.path in rows:
             first = rows[row_or_error.path].line
-            errors.append(
-                LabelRowError(line, row_or_error.path, f"duplicate of line {first}")
-            )
+            errors.append(LabelRowError(line, row_or_error.path, f"duplicate of line {first}"))
         else:
             rows[row_or_error.path] = row_or_error
     return LabelsTable(csv_path, rows, errors, subgroup_columns)

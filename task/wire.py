@@ -35,6 +35,39 @@ HISTOGRAMS_PREFIX = "histograms:"
 #: Key of the ArrayRecord holding a model to evaluate in MSG_EVALUATE_STRATA.
 MODEL_PREFIX = "model:"
 NUM_EXAMPLES = "num-examples"
+#: ConfigRecord keys of the task's settings: the model's shape under this prefix
+#: (`task.config_record`), the training settings unprefixed, and the run's seed.
+MODEL_CONFIG_PREFIX = "model-"
+SEED_KEY = "seed"
+#: Config key of MSG_TRAIN_LOCAL: epochs to train.
+EPOCHS_KEY = "epochs"
+#: Config key of MSG_EVALUATE_STRATA: models also scored on the training split.
+TRAIN_SPLIT_MODELS_KEY = "train-split-models"
+#: The suppressed strata of an MSG_EVALUATE_STRATA reply: ConfigRecord SUPPRESSED, key "strata".
+SUPPRESSED = "suppressed"
+
+# --- what each reply may hold ------------------------------------------------------------
+#: ConfigRecord PROFILE of an MSG_PROFILE reply. Scanner lists are parallel:
+#: scanner-manufacturers[i], scanner-models[i] has scanner-n-train[i] / scanner-n-test[i] cases.
+PROFILE_KEYS = frozenset(
+    {
+        "site-id",
+        "min-cell-size",
+        "n-train",
+        "n-test",
+        "n-train-positive",
+        "n-test-positive",
+        "scanner-manufacturers",
+        "scanner-models",
+        "scanner-n-train",
+        "scanner-n-test",
+    }
+)
+#: MetricRecord METRICS of MSG_TRAIN / MSG_TRAIN_LOCAL replies (with ArrayRecord ARRAYS).
+TRAIN_METRIC_KEYS = frozenset({NUM_EXAMPLES, "train-loss", "steps", "train-seconds"})
+#: MetricRecord METRICS of an MSG_EVALUATE reply: the site's whole test split. The
+#: histograms are absent when the split is smaller than the site's minimum cell size.
+EVALUATE_METRIC_KEYS = frozenset({NUM_EXAMPLES, "test-loss", "hist-negative", "hist-positive"})
 
 # --- strata ------------------------------------------------------------------------------
 #: A stratum is named "<kind>=<value>"; the whole site's data is "site=all".

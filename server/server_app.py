@@ -1,0 +1,357 @@
+"""The coordinator's Flower ServerApp: one federated job, start to evidence.
+
+A job runs these stages, each a set of messages to the sites (see `task.wire`):
+
+1. discover: every site's profile (id, case counts per split and scanner group);
+2. local-only baselines: each site trains the initial model on its own data alone;
+3. federated rounds: the chosen strategy, with per-round evaluation at every site;
+4. cross-site evaluation: the final global model, every local-only model and any
+   reference model (e.g. the pooled-centralized baseline of a simulation) scored at every
+   site, as score histograms per stratum;
+5. records: ``run.json``, ``site-aggregates/<site>.json`` and ``evidence.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from server.checkpoints import CheckpointRegistry
+from server.records import ROUNDS_FILE, WIRE_FILE, AuditedGrid, JsonLines
+from server.sites import FederationError, SiteProfile, discover_sites
+from server.strategies import RecordingStrategy, StrategyConfig, make_strategy
+from task.config_record import to_config
+from task.model import ARCHITECTURE, ModelConfig, build_model, count_parameters
+from task.training import TrainingConfig
+from task.wire import (
+    ARRAYS,
+    CONFIG,
+    EPOCHS_KEY,
+    HISTOGRAMS_PREFIX,
+    MODEL_CONFIG_PREFIX,
+    MODEL_PREFIX,
+    MSG_EVALUATE_STRATA,
+    MSG_TRAIN_LOCAL,
+    SEED_KEY,
+    SUPPRESSED,
+    TRAIN_SPLIT_MODELS_KEY,
+)
+from validation.evidence import write_evidence
+
+RUN_RECORD_FILE = "run.json"
+AGGREGATES_DIR = "site-aggregates"
+GLOBAL_MODEL = "global"
+LOCAL_MODEL_PREFIX = "local-"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DataProvenance:
+    """Where the sites' data came from, for every figure of the run to say.
+
+    description: one sentence for reports.
+    simulated: True when sites or scanner differences are simulated (phantoms, a split
+        of one hospital's data): reports must say so.
+    """
+
+    description: str = "site stores ingested from the sites' DICOM folders"
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """One federated job.
+
+    run_dir: where checkpoints, records and evidence go.
+    rounds: federated rounds.
+    seed: initial weights and every site's training draws derive from it.
+    expected_sites: wait for this many sites before starting.
+    local_baselines: train and evaluate each site's local-only model as well.
+    reference_models: (name, checkpoint file) of further models to evaluate at every site,
+        e.g. ("pooled-centralized", path) in a simulation.
+    timeout_s: how long to wait for replies to one message exchange.
+    """
+
+    run_dir: Path
+    rounds: int = 5
+    seed: int = 0
+    expected_sites: int = 2
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    local_baselines: bool = True
+    reference_models: tuple[tuple[str, Path], ...] = ()
+    provenance: DataProvenance = field(default_factory=DataProvenance)
+    timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.expected_sites < self.strategy.min_sites:
+            raise ValueError(
+                f"a federation needs at least {self.strategy.min_sites} sites, "
+                f"got {self.expected_sites}"
+            )
+
+
+def build_server_app(config: FederationConfig, progress: Progress = print) -> ServerApp:
+    """The ServerApp that runs the job ``config`` describes."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        FederatedJob(config, progress).run(grid)
+
+    return app
+
+
+class FederatedJob:
+    """The stages of one job (see the module docstring); `run` executes them all."""
+
+    def __init__(self, config: FederationConfig, progress: Progress) -> None:
+        self.config = config
+        self.progress = progress
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = CheckpointRegistry(config.run_dir)
+        self.rounds_log = JsonLines(config.run_dir / ROUNDS_FILE)
+        self.timings: dict[str, float] = {}
+
+    def run(self, flower_grid: Grid) -> None:
+        config = self.config
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        grid = AuditedGrid(flower_grid, JsonLines(config.run_dir / WIRE_FILE))
+
+        with self._stage("discover", grid):
+            sites = discover_sites(grid, config.expected_sites, config.timeout_s)
+            grid.site_of.update({s.node_id: s.site_id for s in sites})
+        self.progress(
+            f"{len(sites)} sites: "
+            + ", ".join(f"{s.site_id} ({s.n_train} train / {s.n_test} test)" for s in sites)
+        )
+        model = build_model(config.model, seed=config.seed)
+        initial = ArrayRecord(model.state_dict())
+        self.checkpoints.save("global-round-000", model.state_dict(), 0)
+
+        local_models: dict[str, str] = {}
+        if config.local_baselines:
+            with self._stage("local-only baselines", grid):
+                local_models = self._train_local_models(grid, sites, initial)
+
+        with self._stage("federated rounds", grid):
+            strategy = RecordingStrategy(
+                make_strategy(config.strategy),
+                grid.site_of,
+                self.rounds_log,
+                self.checkpoints,
+                self.progress,
+                config.rounds,
+            )
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=config.rounds,
+                timeout=config.timeout_s,
+                train_config=ConfigRecord(self._task_config()),
+                evaluate_config=ConfigRecord(self._task_config()),
+            )
+        final_name = f"global-round-{config.rounds:03d}"
+        if final_name not in self.checkpoints.entries:
+            raise FederationError(
+                f"round {config.rounds} produced no global model: see rounds.jsonl"
+            )
+
+        models = {GLOBAL_MODEL: result.arrays}
+        models |= {name: self._arrays_of(ckpt) for name, ckpt in local_models.items()}
+        for name, path in config.reference_models:
+            self.checkpoints.add(name, path, None)
+            models[name] = self._arrays_of(name)
+        with self._stage("cross-site evaluation", grid):
+            self._evaluate_everywhere(grid, sites, models)
+
+        record = self._run_record(created, sites, model, final_name, local_models)
+        (config.run_dir / RUN_RECORD_FILE).write_text(json.dumps(record, indent=2))
+        with self._stage("evidence", grid):
+            evidence_path = write_evidence(config.run_dir)
+        (config.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2))
+        self.progress(f"evidence written to {evidence_path}")
+
+    def _task_config(self) -> dict[str, Any]:
+        return {
+            **to_config(self.config.training),
+            **to_config(self.config.model, MODEL_CONFIG_PREFIX),
+            SEED_KEY: self.config.seed,
+        }
+
+    def _train_local_models(
+        self, grid: AuditedGrid, sites: list[SiteProfile], initial: ArrayRecord
+    ) -> dict[str, str]:
+        """Each site trains the initial model alone for as many epochs as the federation
+        trains in all its rounds. Returns model name -> checkpoint name."""
+        epochs = self.config.rounds * self.config.training.local_epochs
+        config = ConfigRecord({**self._task_config(), EPOCHS_KEY: epochs})
+        self.progress(f"local-only baselines: every site trains alone for {epochs} epochs")
+        content = RecordDict({ARRAYS: initial, CONFIG: config})
+        local_models: dict[str, str] = {}
+        for site, reply in self._exchange(grid, sites, MSG_TRAIN_LOCAL, content).items():
+            if reply.has_error():
+                self.rounds_log.append(
+                    {"round": 0, "phase": "local-only", "site": site, "error": reply.error.reason}
+                )
+                self.progress(f"  {site}: no local-only model ({reply.error.reason})")
+                continue
+            name = LOCAL_MODEL_PREFIX + site
+            self.checkpoints.save(name, reply.content[ARRAYS].to_torch_state_dict(), None)
+            local_models[name] = name
+        return local_models
+
+    def _evaluate_everywhere(
+        self, grid: AuditedGrid, sites: list[SiteProfile], models: dict[str, ArrayRecord]
+    ) -> None:
+        """Score every model at every site; save each site's histograms as received."""
+        config = ConfigRecord({**self._task_config(), TRAIN_SPLIT_MODELS_KEY: [GLOBAL_MODEL]})
+        content = RecordDict({CONFIG: config})
+        for name, arrays in models.items():
+            content[MODEL_PREFIX + name] = arrays
+        self.progress(f"cross-site evaluation: {len(models)} models x {len(sites)} sites")
+        folder = self.config.run_dir / AGGREGATES_DIR
+        folder.mkdir(exist_ok=True)
+        for site, reply in self._exchange(grid, sites, MSG_EVALUATE_STRATA, content).items():
+            aggregate: dict[str, Any] = {"site": site}
+            if reply.has_error():
+                aggregate["error"] = reply.error.reason
+                self.progress(f"  {site}: evaluation failed ({reply.error.reason})")
+            else:
+                aggregate["models"] = {
+                    key.removeprefix(HISTOGRAMS_PREFIX): dict(record)
+                    for key, record in reply.content.metric_records.items()
+                }
+                aggregate["suppressed"] = list(reply.content[SUPPRESSED]["strata"])
+            (folder / f"{site}.json").write_text(json.dumps(aggregate))
+
+    def _exchange(
+        self, grid: AuditedGrid, sites: list[SiteProfile], message_type: str, content: RecordDict
+    ) -> dict[str, Message]:
+        """Send ``content`` to every site; replies by site id (an error reply for a site
+        that did not answer in time)."""
+        messages = [
+            Message(content, dst_node_id=s.node_id, message_type=message_type) for s in sites
+        ]
+        replies = {
+            grid.site_of[r.metadata.src_node_id]: r
+            for r in grid.send_and_receive(messages, timeout=self.config.timeout_s)
+        }
+        for site in sites:
+            if site.site_id not in replies:
+                replies[site.site_id] = _no_reply(messages, site)
+        return dict(sorted(replies.items()))
+
+    def _arrays_of(self, checkpoint: str) -> ArrayRecord:
+        return ArrayRecord(self.checkpoints.load(checkpoint))
+
+    def _stage(self, name: str, grid: AuditedGrid) -> _Stage:
+        grid.stage = name
+        return _Stage(name, self.timings)
+
+    def _run_record(
+        self,
+        created: str,
+        sites: list[SiteProfile],
+        model: torch.nn.Module,
+        final_name: str,
+        local_models: dict[str, str],
+    ) -> dict[str, Any]:
+        config = self.config
+        return {
+            "run": {
+                "id": config.run_dir.resolve().name + "-" + uuid.uuid4().hex[:8],
+                "created": created,
+                "code_version": code_version(),
+                "strategy": asdict(config.strategy),
+                "rounds": config.rounds,
+                "seed": config.seed,
+                "training": asdict(config.training),
+                "data": asdict(config.provenance),
+            },
+            "model": {
+                "architecture": ARCHITECTURE,
+                "config": asdict(config.model),
+                "parameters": count_parameters(model),
+                "final_checkpoint": final_name,
+            },
+            "sites": [_site_record(s) for s in sites],
+            "checkpoints": [asdict(c) for c in self.checkpoints.entries.values()],
+            "models": {
+                GLOBAL_MODEL: final_name,
+                **local_models,
+                **{name: name for name, _ in config.reference_models},
+            },
+            "timings_s": self.timings,
+        }
+
+
+class _Stage:
+    """Times a stage of the job into ``timings`` (seconds)."""
+
+    def __init__(self, name: str, timings: dict[str, float]) -> None:
+        self.name = name
+        self.timings = timings
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.name] = round(time.perf_counter() - self.started, 3)
+
+
+def _no_reply(messages: list[Message], site: SiteProfile) -> Message:
+    sent = next(m for m in messages if m.metadata.dst_node_id == site.node_id)
+    return Message(Error(0, "no reply within the timeout"), reply_to=sent)
+
+
+def _site_record(site: SiteProfile) -> dict[str, Any]:
+    return {
+        "id": site.site_id,
+        "n_train": site.n_train,
+        "n_test": site.n_test,
+        "n_train_positive": site.n_train_positive,
+        "n_test_positive": site.n_test_positive,
+        "min_cell_size": site.min_cell_size,
+        "scanners": {
+            s.name: {
+                "manufacturer": s.manufacturer,
+                "model": s.model,
+                "n_train": s.n_train,
+                "n_test": s.n_test,
+            }
+            for s in site.scanners
+        },
+    }
+
+
+def code_version() -> str:
+    """medfed's version, with the git commit when running from a checkout."""
+    release = version("medfed")
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return release
+    return f"{release}+g{commit}"

@@ -1,0 +1,105 @@
+"""Who is in the federation: each site's profile, as it answered ``query.profile``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from task.wire import MSG_PROFILE, PROFILE
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (too few sites, a site that cannot take part, ...)."""
+
+
+@dataclass(frozen=True)
+class ScannerCount:
+    """Cases of one scanner group at a site."""
+
+    manufacturer: str
+    model: str
+    n_train: int
+    n_test: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.manufacturer} {self.model}".strip()
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """A site as the coordinator knows it: its node, id and case counts (no case data)."""
+
+    node_id: int
+    site_id: str
+    min_cell_size: int
+    n_train: int
+    n_test: int
+    n_train_positive: int
+    n_test_positive: int
+    scanners: tuple[ScannerCount, ...]
+
+    @classmethod
+    def from_record(cls, node_id: int, record: ConfigRecord) -> SiteProfile:
+        scanners = tuple(
+            ScannerCount(str(m), str(model), int(a), int(b))
+            for m, model, a, b in zip(
+                record["scanner-manufacturers"],
+                record["scanner-models"],
+                record["scanner-n-train"],
+                record["scanner-n-test"],
+                strict=True,
+            )
+        )
+        return cls(
+            node_id=node_id,
+            site_id=str(record["site-id"]),
+            min_cell_size=int(record["min-cell-size"]),
+            n_train=int(record["n-train"]),
+            n_test=int(record["n-test"]),
+            n_train_positive=int(record["n-train-positive"]),
+            n_test_positive=int(record["n-test-positive"]),
+            scanners=scanners,
+        )
+
+
+def discover_sites(grid: Grid, expected: int, timeout_s: float) -> list[SiteProfile]:
+    """Wait for ``expected`` sites to connect, ask each for its profile, and return the
+    profiles in site-id order. Raises `FederationError` naming any site that cannot take
+    part (no reply, an error, no training or test cases, a duplicate id)."""
+    deadline = time.monotonic() + timeout_s
+    while len(node_ids := sorted(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"only {len(node_ids)} of {expected} sites connected within {timeout_s:.0f} s"
+            )
+        time.sleep(0.5)
+    messages = [
+        Message(RecordDict(), dst_node_id=node_id, message_type=MSG_PROFILE) for node_id in node_ids
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout_s))
+    answered = {reply.metadata.src_node_id for reply in replies}
+    problems = [f"node {n}: no reply" for n in node_ids if n not in answered]
+    profiles: list[SiteProfile] = []
+    for reply in replies:
+        node_id = reply.metadata.src_node_id
+        if reply.has_error():
+            problems.append(f"node {node_id}: {reply.error.reason}")
+            continue
+        profile = SiteProfile.from_record(node_id, reply.content[PROFILE])
+        if profile.n_train == 0 or profile.n_test == 0:
+            problems.append(
+                f"site {profile.site_id}: needs training and test cases "
+                f"(has {profile.n_train} and {profile.n_test})"
+            )
+        profiles.append(profile)
+    ids = [p.site_id for p in profiles]
+    problems += [
+        f"site id {i!r} is used by two sites" for i in sorted(set(ids)) if ids.count(i) > 1
+    ]
+    if problems:
+        raise FederationError("; ".join(problems))
+    return sorted(profiles, key=lambda p: p.site_id)

@@ -1,0 +1,203 @@
+"""Aggregation strategies, chosen by name, and the wrapper that records every round.
+
+The strategies are Flower's own (``flwr.serverapp.strategy``): FedAvg, FedProx (the sites
+apply the proximal term, whose weight FedProx puts in the train config) and FedAdam (a
+server-side Adam step on the averaged update). `RecordingStrategy` wraps any of them to
+keep per-site, per-round records and a checkpoint of every round's global model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from server.checkpoints import CheckpointRegistry
+from server.records import AuditedGrid, JsonLines
+from task.wire import METRICS, NUM_EXAMPLES
+from validation.metrics import ScoreHistogram, roc_auc
+
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Which strategy and its parameters.
+
+    name: one of STRATEGY_NAMES.
+    proximal_mu: FedProx's proximal weight (sent to the sites).
+    server_learning_rate: FedAdam's server step size (eta).
+    server_beta_1, server_beta_2, server_tau: FedAdam's moment decays and adaptivity.
+    fraction_train: fraction of sites asked to train each round.
+    min_sites: rounds need at least this many sites.
+    """
+
+    name: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 0.01
+    server_beta_1: float = 0.9
+    server_beta_2: float = 0.99
+    server_tau: float = 1e-3
+    fraction_train: float = 1.0
+    min_sites: int = 2
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGY_NAMES:
+            raise ValueError(
+                f"unknown strategy {self.name!r}; choose one of {', '.join(STRATEGY_NAMES)}"
+            )
+        if not 0 < self.fraction_train <= 1:
+            raise ValueError(f"fraction_train must be in (0, 1], got {self.fraction_train}")
+        if self.min_sites < 1:
+            raise ValueError(f"min_sites must be >= 1, got {self.min_sites}")
+
+
+def make_strategy(config: StrategyConfig) -> Strategy:
+    """Flower's strategy for ``config.name``, evaluating on every site each round."""
+    sampling = {
+        "fraction_train": config.fraction_train,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": config.min_sites,
+        "min_evaluate_nodes": config.min_sites,
+        "min_available_nodes": config.min_sites,
+    }
+    if config.name == "fedprox":
+        return FedProx(**sampling, proximal_mu=config.proximal_mu)
+    if config.name == "fedadam":
+        return FedAdam(
+            **sampling,
+            eta=config.server_learning_rate,
+            beta_1=config.server_beta_1,
+            beta_2=config.server_beta_2,
+            tau=config.server_tau,
+        )
+    return FedAvg(**sampling)
+
+
+class RecordingStrategy(Strategy):
+    """Runs ``inner`` and records each round.
+
+    - train replies are put in site order before aggregation, so that the floating-point
+      sums, and therefore the global model, do not depend on which site answered first;
+    - each site's train metrics, evaluation (loss, AUC from its score histograms) and each
+      failure go to ``rounds``;
+    - every round's global model is saved as checkpoint ``global-round-NNN``.
+
+    site_of maps node ids to site ids; progress receives one line per round.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        site_of: dict[int, str],
+        rounds: JsonLines,
+        checkpoints: CheckpointRegistry,
+        progress: Callable[[str], None],
+        total_rounds: int,
+    ) -> None:
+        self.inner = inner
+        self.site_of = site_of
+        self.rounds = rounds
+        self.checkpoints = checkpoints
+        self.progress = progress
+        self.total_rounds = total_rounds
+        self._round_started = 0.0
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._round_started = time.perf_counter()
+        if isinstance(grid, AuditedGrid):
+            grid.stage = f"round {server_round} train"
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ordered = sorted(replies, key=lambda m: self._site(m))
+        for reply in ordered:
+            self._record(server_round, "train", reply, lambda m: dict(m.content[METRICS]))
+        arrays, metrics = self.inner.aggregate_train(server_round, ordered)
+        if arrays is not None:
+            self.checkpoints.save(
+                f"global-round-{server_round:03d}", arrays.to_torch_state_dict(), server_round
+            )
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if isinstance(grid, AuditedGrid):
+            grid.stage = f"round {server_round} evaluate"
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Per-site loss and AUC, and the pooled AUC of all sites' test splits."""
+        pooled = ScoreHistogram.empty()
+        weighted_loss, n_total = 0.0, 0
+        answered = 0
+        for reply in sorted(replies, key=lambda m: self._site(m)):
+            evaluation = self._record(server_round, "evaluate", reply, _evaluation_of)
+            if evaluation is None:
+                continue
+            answered += 1
+            weighted_loss += evaluation["test-loss"] * evaluation["n"]
+            n_total += int(evaluation["n"])
+            if "histogram" in evaluation:
+                pooled = pooled + evaluation.pop("histogram")
+        summary: dict[str, float] = {}
+        if n_total:
+            summary["test-loss"] = weighted_loss / n_total
+        if pooled.n_pos and pooled.n_neg:
+            summary["pooled-auc"] = roc_auc(pooled)
+        seconds = time.perf_counter() - self._round_started
+        self.rounds.append(
+            {"round": server_round, "phase": "summary", "seconds": seconds, **summary}
+        )
+        auc = f"pooled test AUC {summary['pooled-auc']:.3f}" if "pooled-auc" in summary else ""
+        self.progress(
+            f"round {server_round}/{self.total_rounds}: {answered} sites, {auc} ({seconds:.0f} s)"
+        )
+        return MetricRecord(summary)
+
+    def _site(self, message: Message) -> str:
+        return self.site_of.get(
+            message.metadata.src_node_id, f"node-{message.metadata.src_node_id}"
+        )
+
+    def _record(
+        self, server_round: int, phase: str, reply: Message, extract: Callable[[Message], dict]
+    ) -> dict | None:
+        entry = {"round": server_round, "phase": phase, "site": self._site(reply)}
+        if reply.has_error():
+            self.rounds.append(entry | {"error": reply.error.reason})
+            return None
+        values = extract(reply)
+        self.rounds.append(
+            entry | {"metrics": {k: v for k, v in values.items() if k != "histogram"}}
+        )
+        return values
+
+
+def _evaluation_of(reply: Message) -> dict:
+    metrics = reply.content[METRICS]
+    values: dict = {"n": int(metrics[NUM_EXAMPLES]), "test-loss": float(metrics["test-loss"])}
+    if "hist-positive" in metrics:
+        histogram = ScoreHistogram(
+            positives=np.asarray(metrics["hist-positive"], dtype=np.int64),
+            negatives=np.asarray(metrics["hist-negative"], dtype=np.int64),
+        )
+        values["histogram"] = histogram
+        if histogram.n_pos and histogram.n_neg:
+            values["auc"] = roc_auc(histogram)
+    return values

@@ -1,0 +1,200 @@
+"""The site's Flower ClientApp: what a hospital's SuperNode runs.
+
+It answers the coordinator's messages (`task.wire`) from the site store:
+
+- ``query.profile``: the site id and case counts per split and scanner group.
+- ``train``: one federated round: local training from the global model.
+- ``train.local``: the local-only baseline: training from the initial model, alone.
+- ``evaluate``: the global model's loss and score histograms on the test split.
+- ``evaluate.strata``: score histograms of one or more models per stratum.
+
+Every reply passes the site's egress guard (`site_client.egress`). A failure becomes an
+error reply with a one-line reason; the full traceback stays in the site's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from site_client.dataset import load_split
+from site_client.egress import EgressGuard
+from site_client.evaluation import class_histograms, stratified_histograms
+from site_client.store import SiteStore
+from site_client.training import mean_loss, predict_logits, train_model
+from task.config_record import from_config
+from task.model import ModelConfig, build_model
+from task.training import TrainingConfig, derive_seed
+from task.wire import (
+    ARRAYS,
+    CONFIG,
+    EPOCHS_KEY,
+    HISTOGRAMS_PREFIX,
+    METRICS,
+    MODEL_CONFIG_PREFIX,
+    MODEL_PREFIX,
+    NUM_EXAMPLES,
+    PROFILE,
+    SEED_KEY,
+    SUPPRESSED,
+    TRAIN_SPLIT_MODELS_KEY,
+)
+
+LOG = logging.getLogger(__name__)
+#: Node config key naming the site directory of a SuperNode (deployment).
+SITE_DIR_KEY = "site-dir"
+#: Error code of a reply the site could not produce.
+SITE_ERROR = 500
+
+
+class SiteConfigError(RuntimeError):
+    """The ClientApp cannot tell which site store it serves."""
+
+
+@dataclass(frozen=True)
+class SiteLocator:
+    """Finds a ClientApp's site store.
+
+    A SuperNode names its store in its node config (``site-dir``). In a simulation the
+    n-th virtual SuperNode (node config ``partition-id``) serves ``site_dirs[n]``.
+    """
+
+    site_dirs: tuple[Path, ...] = ()
+
+    def store(self, context: Context) -> SiteStore:
+        node_config = context.node_config
+        if SITE_DIR_KEY in node_config:
+            return SiteStore.open(Path(str(node_config[SITE_DIR_KEY])))
+        if "partition-id" in node_config and self.site_dirs:
+            index = int(node_config["partition-id"])
+            if not 0 <= index < len(self.site_dirs):
+                raise SiteConfigError(f"no site store for partition {index}")
+            return SiteStore.open(self.site_dirs[index])
+        raise SiteConfigError(f"node config has no {SITE_DIR_KEY!r}: which site store to serve?")
+
+
+def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
+    """The site ClientApp; ``site_dirs`` maps simulated SuperNodes to site stores."""
+    locator = SiteLocator(tuple(Path(d).resolve() for d in site_dirs))
+    app = ClientApp(mods=[EgressGuard(lambda ctx: locator.store(ctx).policy.min_cell_size)])
+
+    def handler(work: Callable[[SiteStore, RecordDict], RecordDict]) -> Callable:
+        def handle(msg: Message, context: Context) -> Message:
+            try:
+                content = work(locator.store(context), msg.content)
+            except Exception as exc:  # the coordinator gets one line; the site log the rest
+                LOG.exception("site failed to answer %s", msg.metadata.message_type)
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                return Message(Error(SITE_ERROR, reason), reply_to=msg)
+            return Message(content, reply_to=msg)
+
+        return handle
+
+    app.query("profile")(handler(site_profile))
+    app.train()(handler(lambda store, content: train(store, content, local_only=False)))
+    app.train("local")(handler(lambda store, content: train(store, content, local_only=True)))
+    app.evaluate()(handler(evaluate_round))
+    app.evaluate("strata")(handler(evaluate_strata))
+    return app
+
+
+def site_profile(store: SiteStore, _content: RecordDict) -> RecordDict:
+    """Site id, minimum cell size, and case counts per split, class and scanner group."""
+    records = store.read_manifest()
+    counts = Counter((r.manufacturer, r.model, r.split) for r in records)
+    scanners = sorted({(r.manufacturer, r.model) for r in records})
+    profile = ConfigRecord(
+        {
+            "site-id": store.site_id,
+            "min-cell-size": store.policy.min_cell_size,
+            "n-train": sum(r.split == "train" for r in records),
+            "n-test": sum(r.split == "test" for r in records),
+            "n-train-positive": sum(r.split == "train" and r.label == 1 for r in records),
+            "n-test-positive": sum(r.split == "test" and r.label == 1 for r in records),
+            "scanner-manufacturers": [m for m, _ in scanners],
+            "scanner-models": [model for _, model in scanners],
+            "scanner-n-train": [counts[(m, model, "train")] for m, model in scanners],
+            "scanner-n-test": [counts[(m, model, "test")] for m, model in scanners],
+        }
+    )
+    return RecordDict({PROFILE: profile})
+
+
+def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict:
+    """Train the received model on the training split; reply with its weights and metrics.
+
+    A federated round trains ``local-epochs`` epochs; the local-only baseline trains the
+    ``epochs`` its message asks for.
+    """
+    config = content[CONFIG]
+    model_config = from_config(ModelConfig, config, MODEL_CONFIG_PREFIX)
+    model = _received_model(content[ARRAYS], model_config)
+    data = load_split(store, "train", model_config.image_size)
+    seed = derive_seed(int(config[SEED_KEY]), int(config.get("server-round", 0)), store.site_id)
+    epochs = int(config[EPOCHS_KEY]) if local_only else None
+    started = time.perf_counter()
+    stats = train_model(model, data, from_config(TrainingConfig, config), seed, epochs)
+    metrics = MetricRecord(
+        {
+            NUM_EXAMPLES: stats.num_examples,
+            "train-loss": stats.loss,
+            "steps": stats.steps,
+            "train-seconds": time.perf_counter() - started,
+        }
+    )
+    return RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: metrics})
+
+
+def evaluate_round(store: SiteStore, content: RecordDict) -> RecordDict:
+    """Loss and whole-split score histograms of the received model on the test split."""
+    model_config = from_config(ModelConfig, content[CONFIG], MODEL_CONFIG_PREFIX)
+    model = _received_model(content[ARRAYS], model_config)
+    data = load_split(store, "test", model_config.image_size)
+    logits = predict_logits(model, data)
+    metrics = MetricRecord({NUM_EXAMPLES: len(data), "test-loss": mean_loss(logits, data.labels)})
+    if len(data) >= store.policy.min_cell_size:
+        negatives, positives = class_histograms(logits, data.labels.numpy())
+        metrics["hist-negative"] = negatives
+        metrics["hist-positive"] = positives
+    return RecordDict({METRICS: metrics})
+
+
+def evaluate_strata(store: SiteStore, content: RecordDict) -> RecordDict:
+    """Score histograms per stratum of every received model on the test split, and on the
+    training split (whole site only) for the models the message names."""
+    config = content[CONFIG]
+    model_config = from_config(ModelConfig, config, MODEL_CONFIG_PREFIX)
+    train_split_models = set(config.get(TRAIN_SPLIT_MODELS_KEY, []))
+    min_cell = store.policy.min_cell_size
+    splits = {s: load_split(store, s, model_config.image_size) for s in ("train", "test")}
+    reply = RecordDict()
+    suppressed: set[str] = set()
+    for key, arrays in content.array_records.items():
+        name = key.removeprefix(MODEL_PREFIX)
+        model = _received_model(arrays, model_config)
+        histograms: dict[str, list[int]] = {}
+        for split, data in splits.items():
+            if split == "train" and name not in train_split_models:
+                continue
+            result = stratified_histograms(
+                predict_logits(model, data), data, split, min_cell, by_scanner=split == "test"
+            )
+            histograms.update(result.histograms)
+            suppressed.update(result.suppressed)
+        reply[HISTOGRAMS_PREFIX + name] = MetricRecord(histograms)
+    reply[SUPPRESSED] = ConfigRecord({"strata": sorted(suppressed)})
+    return reply
+
+
+def _received_model(arrays: ArrayRecord, config: ModelConfig) -> nn.Module:
+    model = build_model(config)
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model

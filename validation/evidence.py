@@ -1,0 +1,318 @@
+"""The evidence bundle: ``RUN/evidence.json`` from what a run recorded.
+
+Inputs (written by the coordinator, see ``server.server_app``): ``run.json`` (run, model,
+sites, checkpoints, which model is which), ``site-aggregates/<site>.json`` (each site's
+score histograms per model, split and stratum) and ``rounds.jsonl`` (per-round records).
+Everything here is computed from those aggregates; no case-level data exists here.
+
+The operating threshold is fixed before testing: it maximises Youden's J on the global
+model's histograms of all sites' *training* splits, and is then applied to the test splits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from task.wire import STRATUM_MANUFACTURER, STRATUM_SCANNER, STRATUM_SITE, parse_histogram_key
+from validation.acceptance import evaluate_default_plan
+from validation.metrics import (
+    ScoreHistogram,
+    binary_performance,
+    roc_auc_ci,
+    threshold_probability,
+    youden_threshold,
+)
+
+SCHEMA_VERSION = "1.0"
+EVIDENCE_FILE = "evidence.json"
+GLOBAL_MODEL = "global"
+POOLED_CENTRALIZED = "pooled-centralized"
+LOCAL_MODEL_PREFIX = "local-"
+
+
+class EvidenceError(ValueError):
+    """The run directory lacks what the evidence needs."""
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """A run directory's records, as the coordinator wrote them."""
+
+    run: dict[str, Any]
+    aggregates: dict[str, dict[str, Any]]
+    rounds: list[dict[str, Any]]
+
+
+def load_run(run_dir: Path) -> RunRecords:
+    """Read ``run.json``, ``site-aggregates/*.json`` and ``rounds.jsonl`` of ``run_dir``."""
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+        aggregates = {
+            path.stem: json.loads(path.read_text())
+            for path in sorted((run_dir / "site-aggregates").glob("*.json"))
+        }
+        rounds_path = run_dir / "rounds.jsonl"
+        rounds = [json.loads(line) for line in rounds_path.read_text().splitlines() if line]
+    except FileNotFoundError as exc:
+        raise EvidenceError(
+            f"{run_dir}: incomplete run directory ({exc.filename} missing)"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise EvidenceError(f"{run_dir}: a record is not valid JSON ({exc})") from exc
+    return RunRecords(run, aggregates, rounds)
+
+
+def write_evidence(run_dir: Path) -> Path:
+    """Build the evidence of the run in ``run_dir`` and write ``evidence.json``."""
+    evidence = build_evidence(load_run(run_dir))
+    path = run_dir / EVIDENCE_FILE
+    path.write_text(json.dumps(evidence, indent=2))
+    return path
+
+
+def build_evidence(records: RunRecords) -> dict[str, Any]:
+    """The evidence.json contract of DESIGN.md, from a run's records."""
+    run = records.run
+    site_ids = [s["id"] for s in run["sites"]]
+    histograms = _histograms_by_model(records.aggregates)
+    checkpoints = {c["name"]: c for c in run["checkpoints"]}
+    final = checkpoints[run["model"]["final_checkpoint"]]
+
+    global_hists = histograms.get(GLOBAL_MODEL, {})
+    train_pooled = sum(
+        (
+            h
+            for (split, stratum, _), h in global_hists.items()
+            if split == "train" and stratum == STRATUM_SITE
+        ),
+        ScoreHistogram.empty(),
+    )
+    if not (train_pooled.n_pos and train_pooled.n_neg):
+        raise EvidenceError("no training-split histograms of both classes: cannot fix a threshold")
+    threshold = youden_threshold(train_pooled)
+
+    models = list(run["models"])
+    evidence: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            **{k: run["run"][k] for k in ("id", "created", "code_version", "rounds", "seed")},
+            "strategy": run["run"]["strategy"]["name"],
+            "strategy_parameters": run["run"]["strategy"],
+            "training": run["run"]["training"],
+            "data": run["run"]["data"],
+            "timings_s": run.get("timings_s", {}),
+        },
+        "model": {
+            "architecture": run["model"]["architecture"],
+            "config": run["model"]["config"],
+            "parameters": run["model"]["parameters"],
+            "sha256": final["sha256"],
+            "checkpoint": final["file"],
+        },
+        "checkpoints": run["checkpoints"],
+        "sites": [_site_entry(s) for s in run["sites"]],
+        "operating_point": {
+            "threshold": threshold_probability(threshold),
+            "method": "Youden's J on the global model's score histograms of all sites' "
+            "training splits, fixed before the test splits were scored",
+            "n_train_cases": train_pooled.n,
+        },
+        "performance": _performance(global_hists, threshold),
+        "suppressed": [
+            {"site": site, "stratum": stratum}
+            for site, aggregate in sorted(records.aggregates.items())
+            for stratum in aggregate.get("suppressed", [])
+        ],
+        "site_failures": {
+            site: aggregate["error"]
+            for site, aggregate in sorted(records.aggregates.items())
+            if "error" in aggregate
+        },
+        "cross_site": _cross_site(histograms, models, site_ids),
+        "baselines": _baselines(histograms, models, site_ids),
+        "rounds": _rounds(records.rounds),
+    }
+    evidence["acceptance"] = evaluate_default_plan(evidence)
+    return evidence
+
+
+Histograms = dict[tuple[str, str, str], ScoreHistogram]  # (split, stratum, site) -> histogram
+
+
+def _histograms_by_model(aggregates: dict[str, dict[str, Any]]) -> dict[str, Histograms]:
+    """model -> (split, stratum, site) -> histogram, from every site's aggregates."""
+    pairs: dict[str, dict[tuple[str, str, str], dict[int, list[int]]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for site, aggregate in aggregates.items():
+        for model, values in aggregate.get("models", {}).items():
+            for key, counts in values.items():
+                split, stratum, label = parse_histogram_key(key)
+                pairs[model][(split, stratum, site)][label] = counts
+    return {
+        model: {
+            key: ScoreHistogram(positives=pair[1], negatives=pair[0])
+            for key, pair in by_key.items()
+        }
+        for model, by_key in pairs.items()
+    }
+
+
+def _pooled(
+    histograms: Histograms, split: str, stratum: str, site: str | None = None
+) -> ScoreHistogram:
+    return sum(
+        (
+            h
+            for (s, st, si), h in histograms.items()
+            if s == split and st == stratum and (site is None or si == site)
+        ),
+        ScoreHistogram.empty(),
+    )
+
+
+def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
+    """Pooled, per-site, per-manufacturer and per-scanner-model performance on test data."""
+    test = {k: h for k, h in histograms.items() if k[0] == "test"}
+    sites = sorted({site for _, stratum, site in test if stratum == STRATUM_SITE})
+
+    def strata_of(kind: str) -> dict[str, Any]:
+        values = sorted({st.split("=", 1)[1] for _, st, _ in test if st.startswith(kind + "=")})
+        return {
+            v: binary_performance(_pooled(test, "test", f"{kind}={v}"), threshold) for v in values
+        }
+
+    return {
+        "pooled": binary_performance(_pooled(test, "test", STRATUM_SITE), threshold),
+        "by_site": {
+            site: binary_performance(_pooled(test, "test", STRATUM_SITE, site), threshold)
+            for site in sites
+        },
+        "by_scanner": strata_of(STRATUM_MANUFACTURER),
+        "by_scanner_model": strata_of(STRATUM_SCANNER),
+    }
+
+
+def _auc(histogram: ScoreHistogram) -> dict[str, Any] | None:
+    if not (histogram.n_pos and histogram.n_neg):
+        return None
+    return roc_auc_ci(histogram).to_dict()
+
+
+def _cross_site(
+    histograms: dict[str, Histograms], models: list[str], sites: list[str]
+) -> dict[str, Any]:
+    """AUC of every model (rows) on every site's test split (columns); None where a site
+    lacks a class or did not report."""
+    cells = [
+        [_auc(_pooled(histograms.get(model, {}), "test", STRATUM_SITE, site)) for site in sites]
+        for model in models
+    ]
+    return {
+        "models": models,
+        "sites": sites,
+        "auc": [[c["value"] if c else None for c in row] for row in cells],
+        "auc_ci": [[[c["ci_low"], c["ci_high"]] if c else None for c in row] for row in cells],
+    }
+
+
+def _baselines(
+    histograms: dict[str, Histograms], models: list[str], sites: list[str]
+) -> dict[str, Any]:
+    """Other training regimes on the same test data: pooled AUC and AUC per site."""
+
+    def summary(model: str) -> dict[str, Any]:
+        hists = histograms.get(model, {})
+        return {
+            "auc": _auc(_pooled(hists, "test", STRATUM_SITE)),
+            "by_site": {s: _auc(_pooled(hists, "test", STRATUM_SITE, s)) for s in sites},
+        }
+
+    baselines: dict[str, Any] = {
+        "local_only": {
+            m.removeprefix(LOCAL_MODEL_PREFIX): summary(m)
+            for m in models
+            if m.startswith(LOCAL_MODEL_PREFIX)
+        }
+    }
+    if POOLED_CENTRALIZED in models:
+        baselines["pooled_centralized"] = summary(POOLED_CENTRALIZED)
+    baselines["unseen_site_comparison"] = _unseen_site_comparison(histograms, sites)
+    return baselines
+
+
+def _unseen_site_comparison(histograms: dict[str, Histograms], sites: list[str]) -> dict[str, Any]:
+    """Per site: the global model's AUC there against the median AUC there of the
+    local-only models of the *other* sites (models that never saw this site's data)."""
+    comparison: dict[str, Any] = {}
+    for site in sites:
+        global_auc = _auc(_pooled(histograms.get(GLOBAL_MODEL, {}), "test", STRATUM_SITE, site))
+        others = [
+            auc["value"]
+            for other in sites
+            if other != site
+            and (
+                auc := _auc(
+                    _pooled(
+                        histograms.get(LOCAL_MODEL_PREFIX + other, {}), "test", STRATUM_SITE, site
+                    )
+                )
+            )
+        ]
+        comparison[site] = {
+            "global_auc": global_auc["value"] if global_auc else None,
+            "median_unseen_local_auc": median(others) if others else None,
+            "n_local_models": len(others),
+        }
+    return comparison
+
+
+def _site_entry(site: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": site["id"],
+        "n_train": site["n_train"],
+        "n_test": site["n_test"],
+        "n_train_positive": site["n_train_positive"],
+        "n_test_positive": site["n_test_positive"],
+        "scanners": {
+            name: s["n_train"] + s["n_test"] for name, s in sorted(site["scanners"].items())
+        },
+        "privacy": {
+            "epsilon": None,
+            "delta": None,
+            "noise_multiplier": None,
+            "sample_rate": None,
+            "steps": None,
+            "accountant": None,
+            "mechanism": "none: trained without differential privacy",
+        },
+    }
+
+
+def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per round: wall time, pooled test AUC and loss, and each site's metrics or error."""
+    by_round: dict[int, dict[str, Any]] = {}
+    for entry in entries:
+        if entry["round"] == 0:
+            continue
+        record = by_round.setdefault(entry["round"], {"round": entry["round"], "sites": {}})
+        if entry["phase"] == "summary":
+            record["seconds"] = entry["seconds"]
+            record["pooled_auc"] = entry.get("pooled-auc")
+            record["test_loss"] = entry.get("test-loss")
+            continue
+        site = record["sites"].setdefault(entry["site"], {})
+        if "error" in entry:
+            site[f"{entry['phase']}_error"] = entry["error"]
+        elif entry["phase"] == "train":
+            site["train_loss"] = entry["metrics"]["train-loss"]
+            site["train_seconds"] = entry["metrics"]["train-seconds"]
+        else:
+            site["test_loss"] = entry["metrics"]["test-loss"]
+            site["auc"] = entry["metrics"].get("auc")
+    return [by_round[r] for r in sorted(by_round)]
