@@ -1,0 +1,254 @@
+"""De-identification: PS3.15 Basic Profile actions, keyed UIDs and pseudonyms, trees."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from dicom_factory import (
+    MANUFACTURER,
+    MODEL,
+    PATIENT_ID,
+    PHI_STRINGS,
+    SERIAL_NUMBER,
+    STATION_NAME,
+    CtSpec,
+    ct_dataset,
+    original_uids,
+    write_ct,
+)
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VR
+
+from site_client.deid import (
+    DEID_LOG_NAME,
+    Deidentifier,
+    DeidError,
+    DeidOptions,
+    deidentify_tree,
+    load_profile_table,
+    resolve_action,
+)
+
+SECRET = bytes(range(32))
+OTHER_SECRET = bytes(range(1, 33))
+REPLACED_UID = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")
+DICOM_UID_ROOT = "1.2.840.10008."
+
+
+def all_elements(ds: Dataset) -> Iterator[pydicom.DataElement]:
+    """Every element of ``ds`` and its file meta, depth first into sequence items."""
+    if ds.get("file_meta") is not None:
+        yield from ds.file_meta
+    for elem in ds:
+        yield elem
+        if elem.VR == VR.SQ:
+            for item in elem.value:
+                yield from all_elements(item)
+
+
+def as_text(value: object) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+def encoded(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def deidentifier() -> Deidentifier:
+    return Deidentifier(SECRET)
+
+
+def test_no_phi_or_original_uid_survives(deidentifier: Deidentifier) -> None:
+    spec = CtSpec()
+    out = deidentifier.deidentify(ct_dataset(spec))
+    secrets_ = (*PHI_STRINGS, *original_uids(spec))
+    for elem in all_elements(out):
+        text = as_text(elem.value)
+        assert not [s for s in secrets_ if s in text], f"{elem.tag} {elem.keyword}: {text!r}"
+    raw = encoded(out)
+    assert not [s for s in secrets_ if s.encode() in raw]
+
+
+def test_private_and_repeating_group_attributes_are_removed(deidentifier: Deidentifier) -> None:
+    out = deidentifier.deidentify(ct_dataset())
+    assert not [e.tag for e in all_elements(out) if e.tag.is_private]
+    assert 0x60004000 not in out  # overlay comments (60XX,4000)
+    assert 0x50002500 not in out  # curve data (50XX,XXXX)
+    assert "RequestAttributesSequence" not in out
+
+
+def test_sequences_not_in_the_table_are_walked(deidentifier: Deidentifier) -> None:
+    out = deidentifier.deidentify(ct_dataset())
+    (procedure,) = out.ProcedureCodeSequence
+    assert procedure.CodeMeaning == "CT chest"
+    assert "RequestAttributesSequence" not in procedure
+    assert procedure.ContentCreatorName == "ANONYMIZED"  # Z/D -> D
+
+
+def test_input_dataset_is_not_modified(deidentifier: Deidentifier) -> None:
+    ds = ct_dataset()
+    before = copy.deepcopy(ds)
+    deidentifier.deidentify(ds)
+    assert ds == before
+    assert ds.file_meta == before.file_meta
+    assert encoded(ds) == encoded(before)
+
+
+def test_same_uid_gives_same_replacement_across_files(deidentifier: Deidentifier) -> None:
+    first = CtSpec(index=1)
+    second = CtSpec(index=2, referenced_sop_instance_uid=first.sop_uid)
+    out1 = deidentifier.deidentify(ct_dataset(first))
+    out2 = deidentifier.deidentify(ct_dataset(second))
+    assert out1.StudyInstanceUID == out2.StudyInstanceUID
+    assert out1.SeriesInstanceUID == out2.SeriesInstanceUID
+    assert out1.SOPInstanceUID != out2.SOPInstanceUID
+    assert out2.ReferencedImageSequence[0].ReferencedSOPInstanceUID == out1.SOPInstanceUID
+    assert out1.file_meta.MediaStorageSOPInstanceUID == out1.SOPInstanceUID
+    other = Deidentifier(OTHER_SECRET).deidentify(ct_dataset(first))
+    assert other.StudyInstanceUID != out1.StudyInstanceUID
+
+
+def test_output_uids_are_valid(deidentifier: Deidentifier) -> None:
+    out = deidentifier.deidentify(ct_dataset())
+    uids = [as_text(e.value) for e in all_elements(out) if e.VR == VR.UI]
+    assert uids
+    for uid in uids:
+        assert len(uid) <= 64
+        assert uid.startswith(DICOM_UID_ROOT) or REPLACED_UID.match(uid), uid
+    for original in ("1.2.3", "9" * 64, "", "1.3.6.1.4.1.99999.7.1001"):
+        replaced = deidentifier.replace_uid(original)
+        assert REPLACED_UID.match(replaced) and len(replaced) <= 64
+
+
+def test_patient_pseudonym_is_keyed_and_consistent(deidentifier: Deidentifier) -> None:
+    out = deidentifier.deidentify(ct_dataset(CtSpec(index=1)))
+    again = deidentifier.deidentify(ct_dataset(CtSpec(index=2)))
+    expected = deidentifier.pseudonym(PATIENT_ID, "patient-id")
+    assert re.fullmatch(r"P[0-9a-f]{12}", expected)
+    assert out.PatientID == str(out.PatientName) == again.PatientID == expected
+    assert Deidentifier(OTHER_SECRET).pseudonym(PATIENT_ID, "patient-id") != expected
+    assert re.fullmatch(r"c[0-9a-f]{16}", deidentifier.pseudonym("1.2.3", "case"))
+    with pytest.raises(ValueError, match="unknown pseudonym kind"):
+        deidentifier.pseudonym("x", "address")
+
+
+def test_identity_removed_markers(deidentifier: Deidentifier) -> None:
+    out = deidentifier.deidentify(ct_dataset())
+    assert out.PatientIdentityRemoved == "YES"
+    assert "Basic Application Confidentiality Profile" in out.DeidentificationMethod
+    items = out.DeidentificationMethodCodeSequence
+    codes = [(item.CodeValue, item.CodingSchemeDesignator) for item in items]
+    assert codes == [("113100", "DCM"), ("113109", "DCM")]
+    assert "SourceApplicationEntityTitle" not in out.file_meta
+
+
+def test_device_identity_retained_by_default_and_removable(deidentifier: Deidentifier) -> None:
+    kept = deidentifier.deidentify(ct_dataset())
+    assert (kept.DeviceSerialNumber, kept.StationName) == (SERIAL_NUMBER, STATION_NAME)
+    removed = Deidentifier(SECRET, DeidOptions(retain_device_identity=False)).deidentify(
+        ct_dataset()
+    )
+    assert (removed.DeviceSerialNumber, removed.StationName) == ("ANONYMIZED", "ANONYMIZED")
+    codes = [i.CodeValue for i in removed.DeidentificationMethodCodeSequence]
+    assert codes == ["113100"]
+    for out in (kept, removed):  # not in Table E.1-1: the scanner group survives both
+        assert (out.Manufacturer, out.ManufacturerModelName) == (MANUFACTURER, MODEL)
+
+
+@pytest.mark.skipif(shutil.which("dcmdump") is None, reason="dcmtk's dcmdump not installed")
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_written_file_passes_dcmdump(
+    deidentifier: Deidentifier, tmp_path: Path, syntax: str
+) -> None:
+    original = ct_dataset()
+    original.file_meta.TransferSyntaxUID = syntax
+    pydicom.dcmwrite(tmp_path / "in.dcm", original, enforce_file_format=True)
+    out = deidentifier.deidentify(pydicom.dcmread(tmp_path / "in.dcm"))
+    pydicom.dcmwrite(tmp_path / "out.dcm", out, enforce_file_format=True)
+    result = subprocess.run(
+        ["dcmdump", str(tmp_path / "out.dcm")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert "PatientIdentityRemoved" in result.stdout
+    written = pydicom.dcmread(tmp_path / "out.dcm")
+    assert written.file_meta.TransferSyntaxUID == syntax
+    assert not [e.tag for e in all_elements(written) if e.tag.is_private]
+
+
+@pytest.mark.parametrize(
+    ("action", "resolved"),
+    [("X/Z", "Z"), ("X/D", "D"), ("Z/D", "D"), ("X/Z/D", "D"), ("X/Z/U*", "U"), ("K", "K")],
+)
+def test_combined_actions_resolve_to_least_destructive(action: str, resolved: str) -> None:
+    assert resolve_action(action) == resolved
+
+
+def test_profile_table_resolution() -> None:
+    table = load_profile_table(DeidOptions())
+    assert len(table.exact) + len(table.masked) == 620  # 621 rows less the private row
+    assert table.action(0x00100010) == "Z"  # Patient's Name
+    assert table.action(0x00100020) == "D"  # Patient ID, Z/D
+    assert table.action(0x00080070) is None  # Manufacturer: not listed, kept
+    assert table.action(0x601E4000) == "X"  # overlay comments of another overlay group
+    assert table.action(0x50100030) == "X"  # any curve data element
+    assert table.action(0x00181000) == "K"  # Device Serial Number, retained
+    assert load_profile_table(DeidOptions(retain_device_identity=False)).action(0x00181000) == "D"
+    with pytest.raises(DeidError, match="not found"):
+        load_profile_table(DeidOptions(), Path("/nonexistent/table.json"))
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_deidentify_tree_writes_copies_and_a_complete_log(tmp_path: Path) -> None:
+    in_dir = tmp_path / "in"
+    first = write_ct(in_dir / "DOE_JOHN" / "1.dcm", CtSpec(index=1))
+    write_ct(in_dir / "DOE_JOHN" / "2.dcm", CtSpec(index=2))
+    shutil.copy(first, in_dir / "DOE_JOHN" / "z-copy.dcm")
+    (in_dir / "notes.txt").write_text("DOE^JOHN called back")
+    originals = _hashes(in_dir)
+    out_dir = tmp_path / "out"
+    calls: list[tuple[int, int]] = []
+
+    report = deidentify_tree(
+        in_dir, out_dir, SECRET, progress=lambda done, total: calls.append((done, total))
+    )
+
+    assert (report.files_seen, report.written, report.failed) == (4, 2, 2)
+    assert calls[-1] == (4, 4)
+    assert _hashes(in_dir) == originals
+    deidentifier = Deidentifier(SECRET)
+    expected = {f"{deidentifier.replace_uid(CtSpec(index=i).sop_uid)}.dcm" for i in (1, 2)}
+    assert {p.name for p in out_dir.glob("*.dcm")} == expected
+    with (out_dir / DEID_LOG_NAME).open(newline="") as handle:
+        log = {row["input"]: row for row in csv.DictReader(handle)}
+    assert set(log) == {"DOE_JOHN/1.dcm", "DOE_JOHN/2.dcm", "DOE_JOHN/z-copy.dcm", "notes.txt"}
+    assert log["notes.txt"]["status"] == "failed"
+    assert log["notes.txt"]["reason"].startswith("not DICOM")
+    assert log["DOE_JOHN/1.dcm"]["status"] == "ok"
+    assert "duplicate SOP Instance UID" in log["DOE_JOHN/z-copy.dcm"]["reason"]
+    for path in out_dir.glob("*.dcm"):
+        raw = path.read_bytes()
+        assert not [s for s in PHI_STRINGS if s.encode() in raw]
+    with pytest.raises(DeidError, match="inside the input folder"):
+        deidentify_tree(in_dir, in_dir / "out", SECRET)

@@ -1,0 +1,262 @@
+"""Ingest: good files stored, every unusable file quarantined with its reason, counts add
+up, re-ingest changes nothing, originals untouched, nothing identifying in the store."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_factory import (
+    MANUFACTURER,
+    MODEL,
+    PHI_STRINGS,
+    CtSpec,
+    ct_dataset,
+    original_uids,
+    truncate_in_pixel_data,
+    write_ct,
+)
+from PIL import Image
+
+from site_client.decode import decode_image
+from site_client.deid import Deidentifier
+from site_client.ingest import QUARANTINE_LOG, IngestError, assign_splits, ingest_site
+from site_client.store import SiteStore
+from task.labels import LabelsFileError
+
+PATIENT_DIR = "DOE_JOHN"
+STUDY_DIR = f"{PATIENT_DIR}/study-20240315"
+MASK = "masks/lesion_001.png"
+GOOD = 8
+EXPECTED_QUARANTINE = {
+    "not DICOM": 1,
+    "truncated pixel data": 1,
+    "no pixel data": 1,
+    "no label": 1,
+    "invalid label row": 1,
+    "duplicate SOP Instance UID": 1,
+    "mask problem": 1,
+}
+
+
+@dataclass
+class SiteInput:
+    """A site's input folder: DICOM tree, labels.csv, and what the test needs to know."""
+
+    dicom_dir: Path
+    labels_csv: Path
+    good: dict[str, CtSpec]
+    specs: list[CtSpec]
+    ghost_line: int
+
+
+def _good_path(i: int) -> str:
+    return f"{STUDY_DIR}/img_{i:03d}.dcm"
+
+
+def build_input(root: Path) -> SiteInput:
+    """GOOD labelled files (file 0 split test, file 1 with a mask), one bad file of each
+    kind, and a labels.csv row naming a file that does not exist."""
+    dicom = root / "dicom"
+    rows: list[tuple[str, str, str, str, str]] = []
+    good: dict[str, CtSpec] = {}
+    for i in range(GOOD):
+        spec = CtSpec(index=i + 1)
+        good[_good_path(i)] = spec
+        write_ct(dicom / _good_path(i), spec)
+        rows.append(
+            (
+                _good_path(i),
+                str(i % 2),
+                "test" if i == 0 else "",
+                MASK if i == 1 else "",
+                "F" if i < GOOD // 2 else "M",
+            )
+        )
+    (root / "masks").mkdir()
+    Image.fromarray(np.eye(16, 12, dtype=np.uint8) * 255).save(root / MASK)
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(root / "masks/small.png")
+
+    bad = [CtSpec(index=20), CtSpec(index=21, with_pixels=False), CtSpec(index=22)]
+    bad += [CtSpec(index=23), CtSpec(index=24)]
+    truncate_in_pixel_data(write_ct(dicom / PATIENT_DIR / "trunc.dcm", bad[0]))
+    write_ct(dicom / PATIENT_DIR / "nopix.dcm", bad[1])
+    write_ct(dicom / PATIENT_DIR / "nolabel.dcm", bad[2])
+    write_ct(dicom / PATIENT_DIR / "badlabel.dcm", bad[3])
+    write_ct(dicom / PATIENT_DIR / "badmask.dcm", bad[4])
+    (dicom / PATIENT_DIR / "notes.txt").write_text("DOE^JOHN called back")
+    shutil.copy(dicom / _good_path(0), dicom / PATIENT_DIR / "zz_duplicate.dcm")
+    rows += [
+        (f"{PATIENT_DIR}/trunc.dcm", "1", "", "", "F"),
+        (f"{PATIENT_DIR}/nopix.dcm", "0", "", "", "F"),
+        (f"{PATIENT_DIR}/badlabel.dcm", "2", "", "", "F"),
+        (f"{PATIENT_DIR}/badmask.dcm", "1", "", "masks/small.png", "F"),
+        (f"{PATIENT_DIR}/zz_duplicate.dcm", "0", "", "", "F"),
+        (f"{PATIENT_DIR}/ghost.dcm", "1", "", "", "M"),
+    ]
+    labels_csv = root / "labels.csv"
+    with labels_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split", "mask", "sex"])
+        writer.writerows(rows)
+    return SiteInput(dicom, labels_csv, good, [*good.values(), *bad], ghost_line=len(rows) + 1)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def site_input(tmp_path: Path) -> SiteInput:
+    return build_input(tmp_path / "input")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SiteStore:
+    return SiteStore.create(tmp_path / "site-a")
+
+
+def test_ingest_stores_good_files_and_quarantines_the_rest(
+    site_input: SiteInput, store: SiteStore
+) -> None:
+    calls: list[tuple[int, int]] = []
+    report = ingest_site(
+        store,
+        site_input.dicom_dir,
+        site_input.labels_csv,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+
+    assert report.files_seen == GOOD + sum(EXPECTED_QUARANTINE.values())
+    assert report.files_seen == report.ingested + report.already_stored + report.quarantined
+    assert (report.ingested, report.already_stored) == (GOOD, 0)
+    assert report.quarantine_reasons == EXPECTED_QUARANTINE
+    assert report.label_rows_missing_file == [(site_input.ghost_line, "DOE_JOHN/ghost.dcm")]
+    assert [(path, reason) for _, path, reason in report.label_row_errors] == [
+        ("DOE_JOHN/badlabel.dcm", "label must be 0 or 1, got '2'")
+    ]
+    assert calls[-1] == (report.files_seen, report.files_seen)
+    assert json.loads(store.ingest_report_path.read_text())["ingested"] == GOOD
+
+    with (store.quarantine_dir / QUARANTINE_LOG).open(newline="") as handle:
+        quarantined = {row["source"]: row for row in csv.DictReader(handle)}
+    reasons = {source: row["category"] for source, row in quarantined.items()}
+    assert reasons == {
+        "DOE_JOHN/notes.txt": "not DICOM",
+        "DOE_JOHN/trunc.dcm": "truncated pixel data",
+        "DOE_JOHN/nopix.dcm": "no pixel data",
+        "DOE_JOHN/nolabel.dcm": "no label",
+        "DOE_JOHN/badlabel.dcm": "invalid label row",
+        "DOE_JOHN/badmask.dcm": "mask problem",
+        "DOE_JOHN/zz_duplicate.dcm": "duplicate SOP Instance UID",
+    }
+    for source, row in quarantined.items():
+        assert re.fullmatch(r"\d{5}_.+", row["copy"])
+        copy = store.quarantine_dir / row["copy"]
+        assert copy.read_bytes() == (site_input.dicom_dir / source).read_bytes()
+        assert row["reason"] and "\n" not in row["reason"]
+
+
+def test_manifest_and_stored_cases(site_input: SiteInput, store: SiteStore) -> None:
+    ingest_site(store, site_input.dicom_dir, site_input.labels_csv, seed=3)
+    deidentifier = Deidentifier(store.secret)
+    records = {r.case_id: r for r in store.read_manifest()}
+    assert len(records) == GOOD
+    for i, (path, spec) in enumerate(site_input.good.items()):
+        case_id = deidentifier.pseudonym(spec.sop_uid, "case")
+        record = records[case_id]
+        assert (record.label, record.manufacturer, record.model) == (i % 2, MANUFACTURER, MODEL)
+        assert (record.rows, record.columns) == (spec.rows, spec.columns)
+        assert record.subgroups == {"sex": "F" if i < GOOD // 2 else "M"}
+        assert record.has_mask == (i == 1), path
+        np.testing.assert_array_equal(store.load_image(case_id), decode_image(ct_dataset(spec)))
+    first = records[deidentifier.pseudonym(CtSpec(index=1).sop_uid, "case")]
+    assert first.split == "test"
+    masked = deidentifier.pseudonym(CtSpec(index=2).sop_uid, "case")
+    np.testing.assert_array_equal(store.load_mask(masked), np.eye(16, 12, dtype=np.uint8))
+    # Seeded split of the rows without one: label 0 has 3 such cases, label 1 has 4;
+    # round(0.3 * n) of each go to test.
+    seeded = [r for r in records.values() if r is not first]
+    for label, n_test in ((0, 1), (1, 1)):
+        assert sum(r.split == "test" for r in seeded if r.label == label) == n_test
+
+
+def test_reingest_changes_nothing(site_input: SiteInput, store: SiteStore) -> None:
+    first = ingest_site(store, site_input.dicom_dir, site_input.labels_csv)
+    store_before = tree_hashes(store.store_dir)
+    quarantine_before = tree_hashes(store.quarantine_dir)
+    again = ingest_site(store, site_input.dicom_dir, site_input.labels_csv)
+    assert (again.ingested, again.already_stored) == (0, GOOD)
+    assert again.quarantined == first.quarantined
+    assert again.files_seen == again.ingested + again.already_stored + again.quarantined
+    assert tree_hashes(store.store_dir) == store_before
+    assert tree_hashes(store.quarantine_dir) == quarantine_before
+
+
+def test_originals_untouched_and_store_holds_nothing_identifying(
+    site_input: SiteInput, store: SiteStore
+) -> None:
+    root = site_input.dicom_dir.parent
+    originals = tree_hashes(root)
+    ingest_site(store, site_input.dicom_dir, site_input.labels_csv)
+    assert tree_hashes(root) == originals
+
+    path_parts = {
+        part
+        for p in root.rglob("*")
+        for part in (*p.relative_to(root).parent.parts, p.stem, p.name)
+    }
+    uids = {uid for spec in site_input.specs for uid in original_uids(spec)}
+    forbidden = {*PHI_STRINGS, *uids, *path_parts, "DOE"}
+    for path in store.store_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found = [s for s in forbidden if s.encode() in data]
+            assert not found, f"{path.relative_to(store.root)} holds {found}"
+            assert not [s for s in forbidden if s in path.name]
+
+
+def test_labels_and_masks_inside_the_dicom_folder_are_not_candidates(
+    tmp_path: Path, store: SiteStore
+) -> None:
+    dicom = tmp_path / "in"
+    write_ct(dicom / "a.dcm")
+    Image.fromarray(np.ones((16, 12), dtype=np.uint8)).save(dicom / "a-mask.png")
+    labels_csv = dicom / "labels.csv"
+    labels_csv.write_text("path,label,mask\na.dcm,1,a-mask.png\n")
+    report = ingest_site(store, dicom, labels_csv)
+    assert (report.files_seen, report.ingested, report.quarantined) == (1, 1, 0)
+
+
+def test_unusable_inputs_raise_clear_errors(tmp_path: Path, store: SiteStore) -> None:
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("path,diagnosis\na.dcm,1\n")
+    with pytest.raises(IngestError, match="no such DICOM folder"):
+        ingest_site(store, tmp_path / "missing", labels_csv)
+    (tmp_path / "dicom").mkdir()
+    with pytest.raises(LabelsFileError, match="missing required column"):
+        ingest_site(store, tmp_path / "dicom", labels_csv)
+    with pytest.raises(IngestError, match="test_fraction"):
+        ingest_site(store, tmp_path / "dicom", labels_csv, test_fraction=1.5)
+
+
+def test_seeded_split_is_deterministic_and_stratified() -> None:
+    labels = {f"c{i:016x}": int(i < 10) for i in range(30)}
+    splits = assign_splits(labels, seed=7, test_fraction=0.3)
+    assert splits == assign_splits(dict(reversed(labels.items())), seed=7, test_fraction=0.3)
+    assert splits != assign_splits(labels, seed=8, test_fraction=0.3)
+    for label, n_test in ((0, 6), (1, 3)):
+        ids = [c for c, value in labels.items() if value == label]
+        assert sum(splits[c] == "test" for c in ids) == n_test
+    assert set(assign_splits(labels, seed=7, test_fraction=0.0).values()) == {"train"}
