@@ -1,0 +1,1 @@
+"""medfed's command line: ``medfed`` parses arguments and calls into the packages."""

@@ -1,0 +1,347 @@
+"""The ``medfed`` command: argument parsing and dispatch, nothing else.
+
+Exit status: 0 on success, 2 on bad usage, 1 on failure with a one-line reason on stderr
+(the traceback too with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from medfed.progress import CountProgress
+from task.runtime import apply_offline_environment
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_seed(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+
+
+def _add_federation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rounds", type=_positive_int, default=5, help="federated rounds (default: 5)"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="fedavg",
+        help="aggregation strategy (default: fedavg)",
+    )
+    _add_seed(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``medfed`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="medfed",
+        description="Federated multi-site validation and learning for medical imaging.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and Flower's logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="the whole job on one machine, from phantom hospitals to evidence",
+        description="Phantom hospitals -> ingest at each site -> federated training on Flower's "
+        "simulation runtime, with local-only and pooled-centralized baselines -> cross-site "
+        "validation -> RUN/evidence.json, and a per-site, per-scanner table.",
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("medfed-demo"),
+        help="output folder (default: ./medfed-demo)",
+    )
+    demo.add_argument(
+        "--sites", type=_positive_int, default=4, help="phantom hospitals (default: 4)"
+    )
+    demo.add_argument(
+        "--cases-per-site",
+        type=_positive_int,
+        help="cases at every site (default: 60 to 400, varied)",
+    )
+    _add_federation_options(demo)
+    demo.set_defaults(run=_demo)
+
+    phantoms = commands.add_parser(
+        "phantoms",
+        help="write phantom hospitals: DICOM folders with labels.csv",
+        description="Writes DIR/<site>/dicom/**.dcm (CT Image Storage, simulated scanners of four "
+        "vendors, fake PHI in the headers), DIR/<site>/labels.csv and DIR/<site>/masks/.",
+    )
+    phantoms.add_argument("--out", type=Path, required=True, help="output folder")
+    phantoms.add_argument("--sites", type=_positive_int, default=4, help="hospitals (default: 4)")
+    phantoms.add_argument(
+        "--cases-per-site",
+        type=_positive_int,
+        help="cases at every site (default: 60 to 400, varied)",
+    )
+    phantoms.add_argument(
+        "--image-size", type=_positive_int, default=64, help="pixels per side (default: 64)"
+    )
+    _add_seed(phantoms)
+    phantoms.set_defaults(run=_phantoms)
+
+    deid = commands.add_parser(
+        "deid",
+        help="a de-identified copy of a DICOM tree",
+        description="De-identifies every DICOM file under IN_DIR (PS3.15 Annex E basic "
+        "profile, retaining device identity) into OUT_DIR, named by replaced UIDs, with "
+        "OUT_DIR/deid-log.csv. Originals are untouched.",
+    )
+    deid.add_argument("in_dir", type=Path, metavar="IN_DIR")
+    deid.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    deid.add_argument(
+        "--key",
+        type=Path,
+        help="file holding the secret (hex) for pseudonyms and UIDs; created (mode 0600) if "
+        "absent. Without it a one-time key is used and pseudonyms cannot be re-linked.",
+    )
+    deid.set_defaults(run=_deid)
+
+    site = commands.add_parser("site", help="site operations", description="Operations at a site.")
+    site_commands = site.add_subparsers(dest="site_command", required=True, metavar="COMMAND")
+    ingest = site_commands.add_parser(
+        "ingest",
+        help="de-identify, decode and store a site's cases",
+        description="Reads every file under --dicom, de-identifies and decodes it and stores it in "
+        "the site store --site-dir under a pseudonymous id, with its label from --labels. Files "
+        "that cannot be used are copied to SITE/quarantine with their reasons.",
+    )
+    ingest.add_argument(
+        "--site-dir", type=Path, required=True, help="the site store (created if new)"
+    )
+    ingest.add_argument("--dicom", type=Path, required=True, help="folder of DICOM files")
+    ingest.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="labels.csv: path,label[,split][,mask][,subgroups...]",
+    )
+    ingest.add_argument(
+        "--site-id", help="the site's name in the consortium (default: folder name)"
+    )
+    ingest.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.3,
+        help="test share when labels.csv has no split (default: 0.3)",
+    )
+    _add_seed(ingest)
+    ingest.set_defaults(run=_ingest)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="a federation of existing site stores on Flower's simulation runtime",
+        description="Runs a federation over site stores made by `medfed site ingest`, with "
+        "local-only and pooled-centralized baselines, and writes RUN/evidence.json.",
+    )
+    simulate.add_argument(
+        "--site-dir",
+        type=Path,
+        action="append",
+        required=True,
+        help="a site store (repeat, at least 2)",
+    )
+    simulate.add_argument("--out", type=Path, required=True, help="run directory")
+    simulate.add_argument(
+        "--local-epochs", type=_positive_int, default=2, help="epochs per round (default: 2)"
+    )
+    simulate.add_argument(
+        "--no-pooled-baseline", action="store_true", help="skip the pooled-centralized baseline"
+    )
+    simulate.add_argument(
+        "--simulated-data",
+        action="store_true",
+        help="say in the evidence that the sites or scanner differences are simulated",
+    )
+    _add_federation_options(simulate)
+    simulate.set_defaults(run=_simulate)
+    return parser
+
+
+def _print_evidence(evidence_path: Path) -> None:
+    from validation.summary import format_summary
+
+    print(format_summary(json.loads(evidence_path.read_text())))
+    print(f"\nrun directory: {evidence_path.parent}")
+    print(f"evidence:      {evidence_path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from simulations.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        out=args.out,
+        sites=args.sites,
+        rounds=args.rounds,
+        seed=args.seed,
+        strategy=args.strategy,
+        cases_per_site=args.cases_per_site,
+    )
+    _print_evidence(run_demo(config, progress=_say))
+
+
+def _phantoms(args: argparse.Namespace) -> None:
+    from simulations.phantoms import write_phantom_federation
+
+    site_dirs = write_phantom_federation(
+        args.out,
+        n_sites=args.sites,
+        cases_per_site=args.cases_per_site,
+        seed=args.seed,
+        image_size=args.image_size,
+        progress=CountProgress(),
+    )
+    for site_dir in site_dirs:
+        print(f"{site_dir}: dicom/, labels.csv, masks/")
+
+
+def _deid(args: argparse.Namespace) -> None:
+    from site_client.deid import deidentify_tree
+
+    if args.key is None:
+        secret = secrets.token_bytes(32)
+        _say("no --key: using a one-time key; pseudonyms cannot be re-linked later")
+    else:
+        secret = _read_or_create_key(args.key)
+    progress = CountProgress()
+    report = deidentify_tree(
+        args.in_dir, args.out_dir, secret, lambda d, t: progress("files", d, t)
+    )
+    print(
+        f"{report.written} files de-identified into {args.out_dir}, {report.failed} failed "
+        f"(of {report.files_seen}); log: {args.out_dir / 'deid-log.csv'}"
+    )
+    if report.failed:
+        raise _Failure(f"{report.failed} files could not be de-identified: see the log")
+
+
+def _read_or_create_key(path: Path) -> bytes:
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        _say(f"created key file {path} (keep it: it re-links pseudonyms)")
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except ValueError as exc:
+        raise _Failure(f"{path}: key file must hold hex") from exc
+    if len(secret) < 16:
+        raise _Failure(f"{path}: key must be at least 16 bytes")
+    return secret
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    from site_client.ingest import ingest_site
+    from site_client.store import SiteStore
+
+    store = SiteStore.create(args.site_dir, args.site_id)
+    progress = CountProgress()
+    report = ingest_site(
+        store,
+        args.dicom,
+        args.labels,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        progress=lambda done, total: progress("files", done, total),
+    )
+    print(
+        f"site {store.site_id}: {report.files_seen} files: {report.ingested} ingested, "
+        f"{report.already_stored} already stored, {report.quarantined} quarantined"
+    )
+    for reason, count in sorted(report.quarantine_reasons.items()):
+        print(f"  quarantined, {reason}: {count}")
+    for line, path in report.label_rows_missing_file:
+        print(f"  labels.csv line {line}: no such file {path}")
+    for line, path, reason in report.label_row_errors:
+        print(f"  labels.csv line {line} ({path}): {reason}")
+    print(f"report: {store.ingest_report_path}; quarantine: {store.quarantine_dir}")
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from server.server_app import DataProvenance, FederationConfig
+    from server.strategies import StrategyConfig
+    from simulations.federation import run_simulated_federation
+    from task.training import TrainingConfig
+
+    if len(args.site_dir) < 2:
+        raise _Usage("a federation needs at least two --site-dir")
+    provenance = DataProvenance(
+        description="site stores " + ", ".join(d.name for d in args.site_dir),
+        simulated=args.simulated_data,
+    )
+    config = FederationConfig(
+        run_dir=args.out,
+        rounds=args.rounds,
+        seed=args.seed,
+        strategy=StrategyConfig(name=args.strategy),
+        training=TrainingConfig(local_epochs=args.local_epochs),
+        provenance=provenance,
+    )
+    evidence = run_simulated_federation(
+        args.site_dir,
+        config,
+        pooled_baseline=not args.no_pooled_baseline,
+        progress=_say,
+        verbose=args.debug,
+    )
+    _print_evidence(evidence)
+
+
+class _Failure(RuntimeError):
+    """A failure whose message is the whole story."""
+
+
+class _Usage(ValueError):
+    """Bad usage found after parsing."""
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``medfed`` with ``argv``; returns the exit status."""
+    apply_offline_environment()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], None] = args.run
+    try:
+        command(args)
+    except _Usage as exc:
+        parser.print_usage(sys.stderr)
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medfed: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"medfed: error: {reason}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,234 @@
+"""evidence.json from a run's records: pooling, strata, threshold, cross-site, acceptance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from task.wire import histogram_key
+from validation.evidence import EvidenceError, RunRecords, build_evidence, load_run, write_evidence
+from validation.metrics import ScoreHistogram, roc_auc
+
+SITES = {"site-a": ("SIEMENS", "Force"), "site-b": ("GE", "Revolution")}
+MODELS = ["global", "local-site-a", "local-site-b", "pooled-centralized"]
+
+
+def _cases(rng: np.random.Generator, n: int, separation: float) -> tuple[np.ndarray, np.ndarray]:
+    labels = (rng.random(n) < 0.4).astype(int)
+    logits = rng.normal(0, 1, n) + separation * labels
+    return logits, labels
+
+
+def _histograms(logits: np.ndarray, labels: np.ndarray, split: str, stratum: str) -> dict:
+    hist = ScoreHistogram.from_logits(logits, labels)
+    return {
+        histogram_key(split, stratum, 0): hist.negatives.tolist(),
+        histogram_key(split, stratum, 1): hist.positives.tolist(),
+    }
+
+
+def _records(seed: int = 0, with_pooled: bool = True) -> tuple[RunRecords, dict[str, Any]]:
+    """Run records of two sites (one scanner each, plus a shared GE model at site-a) and
+    the case-level scores behind them."""
+    rng = np.random.default_rng(seed)
+    separations = {
+        "global": 2.5,
+        "local-site-a": 1.0,
+        "local-site-b": 0.8,
+        "pooled-centralized": 2.6,
+    }
+    aggregates: dict[str, Any] = {}
+    truth: dict[str, Any] = {}
+    for site, (manufacturer, model) in SITES.items():
+        models: dict[str, dict] = {}
+        for name, separation in separations.items():
+            if name == "pooled-centralized" and not with_pooled:
+                continue
+            logits, labels = _cases(rng, 60, separation)
+            scanners = np.where(np.arange(60) < 40, f"{manufacturer} {model}", "GE Revolution")
+            makers = np.array([s.split()[0] for s in scanners])
+            hists = _histograms(logits, labels, "test", "site=all")
+            for value in sorted(set(makers)):
+                mask = makers == value
+                hists |= _histograms(logits[mask], labels[mask], "test", f"manufacturer={value}")
+            for value in sorted(set(scanners)):
+                mask = scanners == value
+                hists |= _histograms(logits[mask], labels[mask], "test", f"scanner={value}")
+            if name == "global":
+                train_logits, train_labels = _cases(rng, 100, separation)
+                hists |= _histograms(train_logits, train_labels, "train", "site=all")
+                truth[site] = {"logits": logits, "labels": labels, "makers": makers}
+            models[name] = hists
+        aggregates[site] = {"site": site, "models": models, "suppressed": ["test|scanner=X Y"]}
+    run = {
+        "run": {
+            "id": "r1",
+            "created": "2026-01-01T00:00:00+00:00",
+            "code_version": "0.1.0",
+            "rounds": 3,
+            "seed": seed,
+            "strategy": {"name": "fedavg"},
+            "training": {"local_epochs": 2},
+            "data": {"description": "test", "simulated": True},
+        },
+        "model": {
+            "architecture": "arch",
+            "config": {},
+            "parameters": 10,
+            "final_checkpoint": "global-round-003",
+        },
+        "sites": [
+            {
+                "id": site,
+                "n_train": 100,
+                "n_test": 60,
+                "n_train_positive": 40,
+                "n_test_positive": 24,
+                "min_cell_size": 5,
+                "scanners": {
+                    "A B": {"manufacturer": "A", "model": "B", "n_train": 100, "n_test": 60}
+                },
+            }
+            for site in SITES
+        ],
+        "checkpoints": [
+            {
+                "name": "global-round-003",
+                "round": 3,
+                "file": "checkpoints/g3.pt",
+                "sha256": "ab" * 32,
+            }
+        ],
+        "models": {m: m for m in MODELS if with_pooled or m != "pooled-centralized"},
+    }
+    rounds = [
+        {
+            "round": 1,
+            "phase": "train",
+            "site": "site-a",
+            "metrics": {"train-loss": 0.6, "train-seconds": 1.0},
+        },
+        {"round": 1, "phase": "evaluate", "site": "site-b", "error": "site offline"},
+        {"round": 1, "phase": "summary", "seconds": 2.0, "pooled-auc": 0.8},
+    ]
+    return RunRecords(run, aggregates, rounds), truth
+
+
+def test_pooled_performance_is_that_of_all_sites_cases_together() -> None:
+    records, truth = _records()
+    evidence = build_evidence(records)
+    logits = np.concatenate([t["logits"] for t in truth.values()])
+    labels = np.concatenate([t["labels"] for t in truth.values()])
+    pooled = evidence["performance"]["pooled"]
+    assert pooled["n"] == 120
+    assert pooled["n_pos"] == int(labels.sum())
+    assert pooled["tp"] + pooled["fn"] == pooled["n_pos"]
+    assert pooled["auc"]["value"] == pytest.approx(roc_auc_score(labels, logits), abs=0.01)
+    assert pooled["auc"]["ci_low"] < pooled["auc"]["value"] < pooled["auc"]["ci_high"]
+    for site, t in truth.items():
+        by_site = evidence["performance"]["by_site"][site]
+        assert by_site["n"] == 60
+        assert by_site["auc"]["value"] == pytest.approx(
+            roc_auc_score(t["labels"], t["logits"]), abs=0.01
+        )
+
+
+def test_manufacturer_strata_pool_across_sites() -> None:
+    records, truth = _records()
+    evidence = build_evidence(records)
+    ge = evidence["performance"]["by_scanner"]["GE"]
+    n_ge = sum(int((t["makers"] == "GE").sum()) for t in truth.values())
+    assert ge["n"] == n_ge == 80  # 20 at site-a, 60 at site-b
+    assert set(evidence["performance"]["by_scanner"]) == {"GE", "SIEMENS"}
+    assert set(evidence["performance"]["by_scanner_model"]) == {"GE Revolution", "SIEMENS Force"}
+
+
+def test_threshold_is_fixed_on_training_data_only() -> None:
+    records, _ = _records()
+    first = build_evidence(records)["operating_point"]["threshold"]
+    # Change every test histogram: the threshold must not move.
+    for aggregate in records.aggregates.values():
+        for key, counts in aggregate["models"]["global"].items():
+            if key.startswith("test|"):
+                aggregate["models"]["global"][key] = list(reversed(counts))
+    assert build_evidence(records)["operating_point"]["threshold"] == first
+
+
+def test_cross_site_matrix_rows_are_models_and_columns_sites() -> None:
+    records, _ = _records()
+    evidence = build_evidence(records)
+    cross = evidence["cross_site"]
+    assert cross["models"] == MODELS
+    assert cross["sites"] == list(SITES)
+    assert len(cross["auc"]) == len(MODELS) and all(len(r) == 2 for r in cross["auc"])
+    site_a = records.aggregates["site-a"]["models"]["local-site-b"]
+    hist = ScoreHistogram(positives=site_a["test|site=all|1"], negatives=site_a["test|site=all|0"])
+    assert cross["auc"][2][0] == pytest.approx(roc_auc(hist))
+
+
+def test_acceptance_compares_global_with_baselines() -> None:
+    records, _ = _records()
+    evidence = build_evidence(records)
+    assert len(evidence["acceptance"]) == 2 + len(SITES)
+    for entry in evidence["acceptance"]:
+        assert set(entry) >= {"criterion", "scope", "value", "threshold", "passed"}
+    unseen = [e for e in evidence["acceptance"] if e["scope"].startswith("site ")]
+    # The global model separates far better than either local model in this record.
+    assert all(e["passed"] for e in unseen)
+    comparison = evidence["baselines"]["unseen_site_comparison"]["site-a"]
+    assert comparison["n_local_models"] == 1
+    assert comparison["median_unseen_local_auc"] == evidence["cross_site"]["auc"][2][0]
+
+
+def test_without_pooled_baseline_that_criterion_is_not_evaluated() -> None:
+    records, _ = _records(with_pooled=False)
+    evidence = build_evidence(records)
+    assert "pooled_centralized" not in evidence["baselines"]
+    ratio = next(e for e in evidence["acceptance"] if "pooled-centralized" in e["criterion"])
+    assert ratio["passed"] is None and "no pooled-centralized" in ratio["note"]
+
+
+def test_records_of_suppression_failures_and_rounds_reach_the_evidence() -> None:
+    records, _ = _records()
+    records.aggregates["site-b"] = {"site": "site-b", "error": "site offline"}
+    evidence = build_evidence(records)
+    assert {"site": "site-a", "stratum": "test|scanner=X Y"} in evidence["suppressed"]
+    assert evidence["site_failures"] == {"site-b": "site offline"}
+    assert evidence["performance"]["pooled"]["n"] == 60  # site-b reported nothing
+    assert evidence["rounds"][0]["sites"]["site-b"] == {"evaluate_error": "site offline"}
+    assert evidence["rounds"][0]["pooled_auc"] == 0.8
+    assert evidence["model"]["sha256"] == "ab" * 32
+
+
+def test_write_and_load_round_trip(tmp_path: Path) -> None:
+    records, _ = _records()
+    (tmp_path / "site-aggregates").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps(records.run))
+    for site, aggregate in records.aggregates.items():
+        (tmp_path / "site-aggregates" / f"{site}.json").write_text(json.dumps(aggregate))
+    (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in records.rounds))
+    path = write_evidence(tmp_path)
+    evidence = json.loads(path.read_text())
+    for key in (
+        "schema_version",
+        "run",
+        "model",
+        "sites",
+        "performance",
+        "cross_site",
+        "baselines",
+        "acceptance",
+    ):
+        assert key in evidence
+    assert load_run(tmp_path).run == records.run
+
+
+def test_incomplete_run_directory_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(EvidenceError, match=r"rounds\.jsonl"):
+        load_run(tmp_path)

@@ -1,0 +1,77 @@
+"""The shared task: model, preprocessing, settings on the wire, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from opacus.validators import ModuleValidator
+
+from task.config_record import from_config, to_config
+from task.model import ModelConfig, build_model
+from task.training import TrainingConfig, derive_seed
+from task.transforms import augmentation, preprocess_all
+
+
+def test_model_maps_images_to_one_logit_and_uses_no_batchnorm() -> None:
+    model = build_model(ModelConfig(), seed=0)
+    out = model(torch.zeros(3, 1, 64, 64))
+    assert out.shape == (3, 1)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert ModuleValidator.validate(model, strict=False) == []
+
+
+def test_same_seed_gives_same_initial_weights() -> None:
+    a = build_model(ModelConfig(), seed=3).state_dict()
+    b = build_model(ModelConfig(), seed=3).state_dict()
+    c = build_model(ModelConfig(), seed=4).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_model_config_rejects_shapes_that_do_not_fit() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(image_size=60)
+    with pytest.raises(ValueError, match="norm_groups"):
+        ModelConfig(channels=(6, 12, 24, 48), norm_groups=4)
+
+
+def test_preprocessing_resizes_and_scales_any_scanner_units() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 10, (128, 96)).astype(np.float32)
+    vendor_units = hu * 2.0 + 1024.0  # another gain and offset
+    images = preprocess_all([hu, vendor_units], image_size=64)
+    assert images.shape == (2, 1, 64, 64)
+    assert images.dtype == torch.float32
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    torch.testing.assert_close(images[0], images[1], atol=1e-4, rtol=0)
+
+
+def test_augmentation_is_seeded() -> None:
+    image = torch.rand(1, 32, 32)
+    first = augmentation(7)(image)
+    again = augmentation(7)(image)
+    other = [augmentation(s)(image) for s in range(8, 16)]
+    torch.testing.assert_close(first, again)
+    assert any(not torch.equal(first, o) for o in other)
+
+
+def test_settings_survive_the_trip_through_a_config_record() -> None:
+    training = TrainingConfig(local_epochs=3, batch_size=8, learning_rate=0.01, proximal_mu=0.1)
+    model = ModelConfig(image_size=32, channels=(8, 16), num_res_units=0, norm_groups=2)
+    flat = {**to_config(training), **to_config(model, "model-"), "server-round": 4}
+    assert flat["model-channels"] == [8, 16]
+    assert from_config(TrainingConfig, flat) == training
+    assert from_config(ModelConfig, flat, "model-") == model
+
+
+def test_invalid_settings_from_the_wire_are_refused() -> None:
+    with pytest.raises(ValueError, match="local_epochs"):
+        from_config(TrainingConfig, {"local-epochs": 0})
+
+
+def test_derived_seeds_are_stable_and_distinct() -> None:
+    assert derive_seed(0, 1, "site-a") == derive_seed(0, 1, "site-a")
+    seeds = {derive_seed(0, r, s) for r in range(5) for s in ("site-a", "site-b")}
+    assert len(seeds) == 10
+    assert all(0 <= s < 2**31 for s in seeds)

@@ -1,0 +1,74 @@
+"""A plain-text summary of evidence.json for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_HEADER = (
+    f"{'scope':<34}{'n':>5}{'pos':>5}  {'AUC [95% CI]':<21}{'sensitivity':<21}{'specificity':<21}"
+)
+
+
+def _interval(metric: dict[str, Any] | None) -> str:
+    if not metric or metric.get("value") is None:
+        return "n/a"
+    if metric.get("ci_low") is None:
+        return f"{metric['value']:.3f}"
+    return f"{metric['value']:.3f} [{metric['ci_low']:.2f}, {metric['ci_high']:.2f}]"
+
+
+def _row(scope: str, result: dict[str, Any]) -> str:
+    return (
+        f"{scope:<34}{result['n']:>5}{result['n_pos']:>5}  {_interval(result['auc']):<21}"
+        f"{_interval(result['sensitivity']):<21}{_interval(result['specificity']):<21}"
+    )
+
+
+def _value(cell: float | None) -> str:
+    return "  n/a" if cell is None else f"{cell:5.3f}"
+
+
+def format_summary(evidence: dict[str, Any]) -> str:
+    """Per-site and per-scanner results of the global model, the baselines, the cross-site
+    matrix and the acceptance criteria, as lines of text."""
+    run, performance = evidence["run"], evidence["performance"]
+    simulated = " (simulated)" if run["data"]["simulated"] else ""
+    lines = [
+        f"Global model: {run['strategy']}, {run['rounds']} rounds, seed {run['seed']}; "
+        f"held-out test data; threshold {evidence['operating_point']['threshold']:.3f} "
+        "fixed on training data",
+        f"Data: {run['data']['description']}{simulated}",
+        "",
+        _HEADER,
+        _row("pooled", performance["pooled"]),
+    ]
+    lines += [_row(f"site {k}", v) for k, v in performance["by_site"].items()]
+    lines += [_row(f"manufacturer {k}", v) for k, v in performance["by_scanner"].items()]
+    lines += [_row(f"scanner {k}", v) for k, v in performance["by_scanner_model"].items()]
+    if evidence["suppressed"]:
+        lines.append(
+            f"({len(evidence['suppressed'])} strata below a site's minimum cell size withheld)"
+        )
+
+    cross = evidence["cross_site"]
+    width = max(len(m) for m in cross["models"]) + 2
+    lines += ["", "Cross-site AUC (rows: models; columns: test data of each site)"]
+    lines.append(" " * width + "".join(f"{s[:9]:>10}" for s in cross["sites"]))
+    for model, row in zip(cross["models"], cross["auc"], strict=True):
+        lines.append(f"{model:<{width}}" + "".join(f"{_value(c):>10}" for c in row))
+
+    centralized = evidence["baselines"].get("pooled_centralized")
+    if centralized:
+        lines += [
+            "",
+            f"Pooled-centralized baseline, pooled test AUC: {_interval(centralized['auc'])}",
+        ]
+    lines += ["", "Acceptance"]
+    for entry in evidence["acceptance"]:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[entry["passed"]]
+        value = "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
+        threshold = "n/a" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
+        lines.append(
+            f"  {verdict}  {entry['criterion']} [{entry['scope']}]: {value} vs {threshold}"
+        )
+    return "\n".join(line.rstrip() for line in lines)
