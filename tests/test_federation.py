@@ -1,0 +1,243 @@
+"""End to end on Flower's simulation runtime (Ray): phantom sites -> federation -> evidence.
+
+These tests start the real runtime; each run takes some seconds to start Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from conftest import IngestedFederation
+from pydicom.multival import MultiValue
+
+from server.server_app import DataProvenance, FederationConfig
+from server.strategies import StrategyConfig
+from simulations.federation import run_simulated_federation
+from task.model import ModelConfig, build_model
+from task.training import TrainingConfig
+from task.wire import (
+    EVALUATE_METRIC_KEYS,
+    HISTOGRAMS_PREFIX,
+    N_SCORE_BINS,
+    PROFILE_KEYS,
+    SUPPRESSED,
+    TRAIN_METRIC_KEYS,
+    parse_histogram_key,
+)
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 2
+#: Attributes whose values identify a patient, a visit, a person or an institution.
+PHI_KEYWORDS = {
+    "PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "InstitutionAddress",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "AccessionNumber",
+    "StudyID", "RequestedProcedureID", "ScheduledProcedureStepID", "OtherPatientIDs",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
+    "ReferencedSOPInstanceUID", "MediaStorageSOPInstanceUID",
+}  # fmt: skip
+
+
+def _config(run_dir: Path, **changes: Any) -> FederationConfig:
+    settings: dict[str, Any] = {
+        "run_dir": run_dir,
+        "rounds": ROUNDS,
+        "seed": 11,
+        "training": TrainingConfig(local_epochs=1),
+        "provenance": DataProvenance("phantoms for tests", simulated=True),
+    }
+    return FederationConfig(**(settings | changes))
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_federation: IngestedFederation, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    run_simulated_federation(small_federation.site_dirs, _config(run), progress=lambda _: None)
+    return run
+
+
+def _evidence(run: Path) -> dict[str, Any]:
+    return json.loads((run / "evidence.json").read_text())
+
+
+def _phi_values(phantom_dirs: list[Path]) -> set[str]:
+    """Identifying values of every original DICOM file, including private and nested ones,
+    and the folder names of the exports (which hold patient names)."""
+    values: set[str] = set()
+    for phantom in phantom_dirs:
+        for path in (phantom / "dicom").rglob("*.dcm"):
+            ds = pydicom.dcmread(path)
+            values.update(p for p in path.relative_to(phantom / "dicom").parts[:-1])
+            for element in [*ds.file_meta.iterall(), *ds.iterall()]:
+                if element.VR == "SQ" or element.value in (None, ""):
+                    continue
+                if element.keyword in PHI_KEYWORDS or element.tag.is_private:
+                    value = element.value
+                    items = value if isinstance(value, list | MultiValue) else [value]
+                    values.update(str(v) for v in items)
+    return {v for v in values if len(v) >= 6}
+
+
+def test_evidence_holds_the_design_contract(
+    run_dir: Path, small_federation: IngestedFederation
+) -> None:
+    evidence = _evidence(run_dir)
+    assert evidence["schema_version"]
+    run = evidence["run"]
+    assert {"id", "created", "code_version", "strategy", "rounds", "seed"} <= set(run)
+    datetime.fromisoformat(run["created"])
+    assert (run["strategy"], run["rounds"], run["seed"]) == ("fedavg", ROUNDS, 11)
+    assert run["data"]["simulated"] is True
+    model = evidence["model"]
+    assert model["parameters"] == sum(p.numel() for p in build_model(ModelConfig()).parameters())
+    sites = {s["id"]: s for s in evidence["sites"]}
+    assert set(sites) == {d.name for d in small_federation.site_dirs}
+    for site in sites.values():
+        assert site["n_train"] + site["n_test"] == 48
+        assert sum(site["scanners"].values()) == 48
+        assert set(site["privacy"]) >= {
+            "epsilon",
+            "delta",
+            "noise_multiplier",
+            "sample_rate",
+            "steps",
+            "accountant",
+        }
+    performance = evidence["performance"]
+    assert set(performance["by_site"]) == set(sites)
+    assert performance["pooled"]["n"] == sum(s["n_test"] for s in sites.values())
+    for scope in [
+        performance["pooled"],
+        *performance["by_site"].values(),
+        *performance["by_scanner"].values(),
+    ]:
+        assert {"n", "n_pos", "tp", "fp", "tn", "fn", "threshold"} <= set(scope)
+        assert scope["tp"] + scope["fn"] + scope["tn"] + scope["fp"] == scope["n"]
+        for metric in ("auc", "sensitivity", "specificity"):
+            assert set(scope[metric]) == {"value", "ci_low", "ci_high", "method"}
+    cross = evidence["cross_site"]
+    assert cross["sites"] == sorted(sites)
+    assert cross["models"][0] == "global"
+    assert {f"local-{s}" for s in sites} | {"pooled-centralized"} <= set(cross["models"])
+    assert len(cross["auc"]) == len(cross["models"])
+    assert set(evidence["baselines"]["local_only"]) == set(sites)
+    assert evidence["baselines"]["pooled_centralized"]["auc"]["value"] is not None
+    assert all(
+        {"criterion", "scope", "value", "threshold", "passed"} <= set(a)
+        for a in evidence["acceptance"]
+    )
+
+
+def test_every_round_has_a_checkpoint_with_its_sha256(run_dir: Path) -> None:
+    registry = json.loads((run_dir / "checkpoints" / "registry.json").read_text())
+    rounds = sorted(e["round"] for e in registry if e["name"].startswith("global-round-"))
+    assert rounds == list(range(ROUNDS + 1))
+    for entry in registry:
+        digest = hashlib.sha256((run_dir / entry["file"]).read_bytes()).hexdigest()
+        assert digest == entry["sha256"], entry["name"]
+    evidence = _evidence(run_dir)
+    final = hashlib.sha256((run_dir / evidence["model"]["checkpoint"]).read_bytes()).hexdigest()
+    assert evidence["model"]["sha256"] == final
+    assert evidence["model"]["checkpoint"].endswith(f"global-round-{ROUNDS:03d}.pt")
+
+
+def test_each_round_records_each_sites_training_and_evaluation(run_dir: Path) -> None:
+    evidence = _evidence(run_dir)
+    site_ids = {s["id"] for s in evidence["sites"]}
+    assert [r["round"] for r in evidence["rounds"]] == list(range(1, ROUNDS + 1))
+    for record in evidence["rounds"]:
+        assert set(record["sites"]) == site_ids
+        for site in record["sites"].values():
+            assert site["train_loss"] > 0 and site["test_loss"] > 0
+        assert 0.0 <= record["pooled_auc"] <= 1.0
+
+
+def test_nothing_identifying_crossed_the_wire(
+    run_dir: Path, small_federation: IngestedFederation
+) -> None:
+    """Every reply a site sent is in the wire log: it holds only the contract's records,
+    and no identifying value of the original files appears anywhere in the run."""
+    phi = _phi_values(small_federation.phantom_dirs)
+    assert len(phi) > 50  # the phantoms do carry PHI to leak
+    model_shapes = {k: list(v.shape) for k, v in build_model(ModelConfig()).state_dict().items()}
+    replies = [json.loads(line) for line in (run_dir / "wire.jsonl").read_text().splitlines()]
+    replies = [r for r in replies if r["direction"] == "received"]
+    assert {r["message_type"] for r in replies} == {
+        "query.profile",
+        "train.local",
+        "train",
+        "evaluate",
+        "evaluate.strata",
+    }
+    for reply in replies:
+        assert "error" not in reply, reply
+        records = reply["records"]
+        kind = reply["message_type"]
+        if kind == "query.profile":
+            assert set(records) == {"profile"} and set(records["profile"]["values"]) <= PROFILE_KEYS
+        elif kind.startswith("train"):
+            assert set(records) == {"arrays", "metrics"}
+            assert records["arrays"]["shapes"] == model_shapes
+            assert set(records["metrics"]["values"]) <= TRAIN_METRIC_KEYS
+        elif kind == "evaluate":
+            assert set(records) == {"metrics"}
+            assert set(records["metrics"]["values"]) <= EVALUATE_METRIC_KEYS
+        else:
+            for name, record in records.items():
+                if name == SUPPRESSED:
+                    continue
+                assert name.startswith(HISTOGRAMS_PREFIX)
+                for key, counts in record["values"].items():
+                    parse_histogram_key(key)
+                    assert len(counts) == N_SCORE_BINS and all(isinstance(c, int) for c in counts)
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl"):
+            text = path.read_text()
+            leaked = sorted(v for v in phi if v in text)
+            assert not leaked, f"{path.name} holds {leaked[:5]}"
+
+
+def test_site_stores_hold_no_identifying_values(small_federation: IngestedFederation) -> None:
+    phi = _phi_values(small_federation.phantom_dirs)
+    for site_dir in small_federation.site_dirs:
+        manifest = (site_dir / "store" / "manifest.csv").read_text()
+        names = " ".join(p.name for p in (site_dir / "store").rglob("*"))
+        assert not [v for v in phi if v in manifest or v in names]
+
+
+def test_same_seed_gives_the_same_metrics(
+    run_dir: Path, small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    run_simulated_federation(small_federation.site_dirs, _config(again), progress=lambda _: None)
+    first, second = _evidence(run_dir), _evidence(again)
+    for key in ("performance", "cross_site", "baselines", "acceptance", "operating_point"):
+        assert first[key] == second[key], key
+    assert [r["pooled_auc"] for r in first["rounds"]] == [r["pooled_auc"] for r in second["rounds"]]
+    assert first["model"]["sha256"] == second["model"]["sha256"]
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam"])
+def test_other_strategies_run_on_the_runtime(
+    strategy: str, small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    config = _config(
+        tmp_path / strategy, rounds=1, strategy=StrategyConfig(name=strategy), local_baselines=False
+    )
+    path = run_simulated_federation(
+        small_federation.site_dirs, config, pooled_baseline=False, progress=lambda _: None
+    )
+    evidence = json.loads(path.read_text())
+    assert evidence["run"]["strategy"] == strategy
+    assert evidence["cross_site"]["models"] == ["global"]
+    assert evidence["performance"]["pooled"]["auc"]["value"] is not None
+    sent = [
+        json.loads(line) for line in (tmp_path / strategy / "wire.jsonl").read_text().splitlines()
+    ]
+    assert sent  # the run went through the wire
