@@ -301,14 +301,14 @@ def _simulate(args: argparse.Namespace) -> None:
         training=TrainingConfig(local_epochs=args.local_epochs),
         provenance=provenance,
     )
-    evidence = run_simulated_federation(
+    result = run_simulated_federation(
         args.site_dir,
         config,
         pooled_baseline=not args.no_pooled_baseline,
         progress=_say,
         verbose=args.debug,
     )
-    _print_evidence(evidence)
+    _print_evidence(result.evidence)
 
 
 class _Failure(RuntimeError):

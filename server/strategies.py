@@ -191,7 +191,11 @@ class RecordingStrategy(Strategy):
 
 def _evaluation_of(reply: Message) -> dict:
     metrics = reply.content[METRICS]
-    values: dict = {"n": int(metrics[NUM_EXAMPLES]), "test-loss": float(metrics["test-loss"])}
+    values: dict = {
+        "n": int(metrics[NUM_EXAMPLES]),
+        "test-loss": float(metrics["test-loss"]),
+        "evaluate-seconds": float(metrics["evaluate-seconds"]),
+    }
     if "hist-positive" in metrics:
         histogram = ScoreHistogram(
             positives=np.asarray(metrics["hist-positive"], dtype=np.int64),

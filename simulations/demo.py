@@ -93,9 +93,8 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
             simulated=True,
         ),
     )
-    federation_started = time.perf_counter()
-    evidence = run_simulated_federation(site_dirs, federation, progress=progress)
-    timings["federation"] = time.perf_counter() - federation_started
+    result = run_simulated_federation(site_dirs, federation, progress=progress)
+    timings |= result.timings
     timings["total"] = time.perf_counter() - started
     marker.write_text(
         json.dumps(
@@ -104,7 +103,7 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
             default=str,
         )
     )
-    return evidence
+    return result.evidence
 
 
 def _prepare(out: Path) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from flwr.simulation import run_simulation
@@ -28,14 +29,22 @@ from validation.evidence import EVIDENCE_FILE
 OBJECT_STORE_BYTES = 256 * 1024**2
 
 
+@dataclass(frozen=True)
+class SimulationResult:
+    """Where the evidence is, and the wall time (s) of the baseline and of the runtime."""
+
+    evidence: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 def run_simulated_federation(
     site_dirs: Sequence[Path],
     config: FederationConfig,
     pooled_baseline: bool = True,
     progress: Callable[[str], None] = print,
     verbose: bool = False,
-) -> Path:
-    """Run the federated job ``config`` over ``site_dirs``; returns the evidence path.
+) -> SimulationResult:
+    """Run the federated job ``config`` over ``site_dirs``.
 
     Every store is opened first, so a missing or broken one fails before anything runs.
     With ``pooled_baseline`` the pooled-centralized model is trained and evaluated too.
@@ -43,7 +52,9 @@ def run_simulated_federation(
     apply_offline_environment()
     stores = [SiteStore.open(Path(d)) for d in site_dirs]
     config = replace(config, expected_sites=len(stores))
+    timings: dict[str, float] = {}
     if pooled_baseline:
+        started = time.perf_counter()
         epochs = config.rounds * config.training.local_epochs
         progress(f"pooled-centralized baseline: all sites' training data, {epochs} epochs")
         checkpoint = train_pooled_centralized(
@@ -55,6 +66,7 @@ def run_simulated_federation(
             config.run_dir / "checkpoints" / f"{POOLED_CENTRALIZED}.pt",
         )
         config = replace(config, reference_models=((POOLED_CENTRALIZED, checkpoint),))
+        timings["pooled-centralized baseline"] = time.perf_counter() - started
 
     cpus = os.cpu_count() or 1
     backend_config = {
@@ -68,6 +80,7 @@ def run_simulated_federation(
         },
     }
     _quiet_flower(verbose)
+    started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
         run_simulation(
@@ -76,10 +89,11 @@ def run_simulated_federation(
             num_supernodes=len(stores),
             backend_config=backend_config,  # type: ignore[arg-type]
         )
+    timings["flower simulation runtime"] = time.perf_counter() - started
     evidence = config.run_dir / EVIDENCE_FILE
     if not evidence.exists():
         raise FederationError(f"the federation ended without evidence: see {config.run_dir}")
-    return evidence
+    return SimulationResult(evidence, timings)
 
 
 def _quiet_flower(verbose: bool) -> None:

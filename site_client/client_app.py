@@ -155,11 +155,18 @@ def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict
 
 def evaluate_round(store: SiteStore, content: RecordDict) -> RecordDict:
     """Loss and whole-split score histograms of the received model on the test split."""
+    started = time.perf_counter()
     model_config = from_config(ModelConfig, content[CONFIG], MODEL_CONFIG_PREFIX)
     model = _received_model(content[ARRAYS], model_config)
     data = load_split(store, "test", model_config.image_size)
     logits = predict_logits(model, data)
-    metrics = MetricRecord({NUM_EXAMPLES: len(data), "test-loss": mean_loss(logits, data.labels)})
+    metrics = MetricRecord(
+        {
+            NUM_EXAMPLES: len(data),
+            "test-loss": mean_loss(logits, data.labels),
+            "evaluate-seconds": time.perf_counter() - started,
+        }
+    )
     if len(data) >= store.policy.min_cell_size:
         negatives, positives = class_histograms(logits, data.labels.numpy())
         metrics["hist-negative"] = negatives

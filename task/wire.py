@@ -67,7 +67,9 @@ PROFILE_KEYS = frozenset(
 TRAIN_METRIC_KEYS = frozenset({NUM_EXAMPLES, "train-loss", "steps", "train-seconds"})
 #: MetricRecord METRICS of an MSG_EVALUATE reply: the site's whole test split. The
 #: histograms are absent when the split is smaller than the site's minimum cell size.
-EVALUATE_METRIC_KEYS = frozenset({NUM_EXAMPLES, "test-loss", "hist-negative", "hist-positive"})
+EVALUATE_METRIC_KEYS = frozenset(
+    {NUM_EXAMPLES, "test-loss", "evaluate-seconds", "hist-negative", "hist-positive"}
+)
 
 # --- strata ------------------------------------------------------------------------------
 #: A stratum is named "<kind>=<value>"; the whole site's data is "site=all".

@@ -230,10 +230,10 @@ def test_other_strategies_run_on_the_runtime(
     config = _config(
         tmp_path / strategy, rounds=1, strategy=StrategyConfig(name=strategy), local_baselines=False
     )
-    path = run_simulated_federation(
+    result = run_simulated_federation(
         small_federation.site_dirs, config, pooled_baseline=False, progress=lambda _: None
     )
-    evidence = json.loads(path.read_text())
+    evidence = json.loads(result.evidence.read_text())
     assert evidence["run"]["strategy"] == strategy
     assert evidence["cross_site"]["models"] == ["global"]
     assert evidence["performance"]["pooled"]["auc"]["value"] is not None

@@ -314,5 +314,6 @@ def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             site["train_seconds"] = entry["metrics"]["train-seconds"]
         else:
             site["test_loss"] = entry["metrics"]["test-loss"]
+            site["evaluate_seconds"] = entry["metrics"]["evaluate-seconds"]
             site["auc"] = entry["metrics"].get("auc")
     return [by_round[r] for r in sorted(by_round)]
