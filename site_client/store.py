@@ -175,8 +175,17 @@ class SiteStore:
             writer.writerow([*MANIFEST_COLUMNS, *subgroup_columns])
             for r in records:
                 writer.writerow(
-                    [r.case_id, r.label, r.split, r.manufacturer, r.model, r.rows, r.columns,
-                     int(r.has_mask), *(r.subgroups.get(c, "") for c in subgroup_columns)]
+                    [
+                        r.case_id,
+                        r.label,
+                        r.split,
+                        r.manufacturer,
+                        r.model,
+                        r.rows,
+                        r.columns,
+                        int(r.has_mask),
+                        *(r.subgroups.get(c, "") for c in subgroup_columns),
+                    ]
                 )
         tmp.replace(self.manifest_path)
 
