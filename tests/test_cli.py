@@ -1,0 +1,170 @@
+"""The `medfed` command as a user meets it: help, exit codes, one-line errors, and the
+bring-your-own-data path (ingest + simulate) on DICOM folders that are not phantoms."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_factory import CtSpec, truncate_in_pixel_data, write_ct
+
+COMMANDS = ["demo", "phantoms", "deid", "site", "site ingest", "simulate"]
+
+
+def medfed(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "medfed", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = medfed(*command.split(), "--help")
+    assert result.returncode == 0
+    assert "usage: medfed" in result.stdout
+    assert "--" in result.stdout  # documents its options
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "--out", "run"],  # no --site-dir
+        ["demo", "--rounds", "0"],
+        ["demo", "--strategy", "fedsomething"],
+        ["phantoms"],  # no --out
+        ["simulate", "--site-dir", "a", "--out", "run"],  # a federation of one
+    ],
+)
+def test_bad_usage_exits_2(args: list[str], tmp_path: Path) -> None:
+    result = medfed(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_failure_is_one_line_naming_the_problem(tmp_path: Path) -> None:
+    result = medfed(
+        "site", "ingest", "--site-dir", tmp_path / "site", "--dicom", tmp_path / "nowhere",
+        "--labels", tmp_path / "labels.csv",
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medfed: error:")
+    assert "labels.csv" in lines[0] or "nowhere" in lines[0]
+
+
+def test_simulate_with_a_missing_site_store_fails_before_training(tmp_path: Path) -> None:
+    result = medfed(
+        "simulate", "--site-dir", tmp_path / "a", "--site-dir", tmp_path / "b", "--out",
+        tmp_path / "run",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no such site directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "evidence.json").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = medfed(
+        "--debug", "simulate", "--site-dir", tmp_path / "a", "--site-dir", tmp_path / "b",
+        "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+
+
+def _hospital(root: Path, manufacturer: int, n: int, seed: int) -> tuple[Path, Path]:
+    """A hospital export that is not a phantom: 40x48 images, a bright disc when positive,
+    a labels.csv with a subgroup column, and three files that cannot be used."""
+    rng = np.random.default_rng(seed)
+    dicom = root / "dicom"
+    rows = []
+    for i in range(n):
+        label = i % 2
+        pixels = rng.normal(1100, 20, (40, 48))
+        if label:
+            y, x = rng.integers(10, 30), rng.integers(10, 38)
+            yy, xx = np.mgrid[:40, :48]
+            pixels[(yy - y) ** 2 + (xx - x) ** 2 < 16] += 300
+        spec = CtSpec(
+            index=seed * 1000 + i,
+            rows=40,
+            columns=48,
+            pixels=pixels.astype(np.uint16),
+            bits_stored=16 if manufacturer else 12,
+            photometric="MONOCHROME1" if manufacturer else "MONOCHROME2",
+        )
+        name = f"SMITH^ANNA_{i}/IMG{i:04d}.dcm"
+        write_ct(dicom / name, spec)
+        rows.append({"path": name, "label": label, "sex": "F" if i % 3 else "M"})
+    (dicom / "notes.txt").write_text("not a DICOM file")
+    write_ct(dicom / "broken" / "cut.dcm", CtSpec(index=seed * 1000 + 900, rows=40, columns=48))
+    truncate_in_pixel_data(dicom / "broken" / "cut.dcm")
+    write_ct(dicom / "nopix.dcm", CtSpec(index=seed * 1000 + 901, with_pixels=False))
+    rows.append({"path": "gone/missing.dcm", "label": 1, "sex": "M"})
+    labels = root / "labels.csv"
+    with labels.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "sex"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return dicom, labels
+
+
+@pytest.mark.slow
+def test_bring_your_own_dicom_folders(tmp_path: Path) -> None:
+    site_dirs = []
+    for index, name in enumerate(("hospital-a", "hospital-b")):
+        dicom, labels = _hospital(
+            tmp_path / "exports" / name, manufacturer=index, n=30, seed=index + 1
+        )
+        site = tmp_path / "sites" / name
+        result = medfed("site", "ingest", "--site-dir", site, "--dicom", dicom, "--labels", labels)
+        assert result.returncode == 0, result.stderr
+        assert (
+            f"site {name}: 33 files: 30 ingested, 0 already stored, 3 quarantined" in result.stdout
+        )
+        assert "no such file gone/missing.dcm" in result.stdout
+        quarantine = list(csv.DictReader((site / "quarantine" / "quarantine.csv").open()))
+        assert len(quarantine) == 3
+        site_dirs.append(site)
+
+    run = tmp_path / "run"
+    result = medfed(
+        "simulate", "--site-dir", site_dirs[0], "--site-dir", site_dirs[1], "--out", run,
+        "--rounds", "2", "--local-epochs", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pooled" in result.stdout and "site hospital-a" in result.stdout
+    evidence = json.loads((run / "evidence.json").read_text())
+    assert [s["id"] for s in evidence["sites"]] == ["hospital-a", "hospital-b"]
+    assert evidence["run"]["data"]["simulated"] is False
+    assert evidence["performance"]["pooled"]["n"] == sum(s["n_test"] for s in evidence["sites"])
+
+
+@pytest.mark.slow
+def test_demo_runs_small_and_reruns_in_place(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    for _ in range(2):
+        result = medfed(
+            "demo", "--out", out, "--sites", "2", "--cases-per-site", "40", "--rounds", "1"
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Cross-site AUC" in result.stdout
+        assert "simulated" in result.stdout
+        assert f"evidence:      {out / 'run' / 'evidence.json'}" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["demo.json", "phantoms", "run", "sites"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "thesis.docx").write_text("precious")
+    result = medfed("demo", "--out", tmp_path / "other", "--sites", "2")
+    assert result.returncode == 1
+    assert "not empty" in result.stderr
+    assert (tmp_path / "other" / "thesis.docx").read_text() == "precious"
