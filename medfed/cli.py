@@ -36,18 +36,33 @@ def _seed(text: str) -> int:
 
 
 def _add_seed(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--seed", type=_seed, default=0, metavar="S", help="random seed (default: 0)"
+    )
+
+
+def _add_phantom_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sites", type=_positive_int, default=4, metavar="N", help="phantom hospitals (default: 4)"
+    )
+    parser.add_argument(
+        "--cases-per-site",
+        type=_positive_int,
+        metavar="M",
+        help="cases at every site (default: 60 to 400, varied)",
+    )
 
 
 def _add_federation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rounds", type=_positive_int, default=5, help="federated rounds (default: 5)"
+        "--rounds", type=_positive_int, default=5, metavar="R", help="federated rounds (default: 5)"
     )
     parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
         default="fedavg",
-        help="aggregation strategy (default: fedavg)",
+        help="aggregation strategy: fedavg, fedprox or fedadam (default: fedavg)",
+        metavar="NAME",
     )
     _add_seed(parser)
 
@@ -72,16 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("medfed-demo"),
+        metavar="DIR",
         help="output folder (default: ./medfed-demo)",
     )
-    demo.add_argument(
-        "--sites", type=_positive_int, default=4, help="phantom hospitals (default: 4)"
-    )
-    demo.add_argument(
-        "--cases-per-site",
-        type=_positive_int,
-        help="cases at every site (default: 60 to 400, varied)",
-    )
+    _add_phantom_options(demo)
     _add_federation_options(demo)
     demo.set_defaults(run=_demo)
 
@@ -91,13 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Writes DIR/<site>/dicom/**.dcm (CT Image Storage, simulated scanners of four "
         "vendors, fake PHI in the headers), DIR/<site>/labels.csv and DIR/<site>/masks/.",
     )
-    phantoms.add_argument("--out", type=Path, required=True, help="output folder")
-    phantoms.add_argument("--sites", type=_positive_int, default=4, help="hospitals (default: 4)")
-    phantoms.add_argument(
-        "--cases-per-site",
-        type=_positive_int,
-        help="cases at every site (default: 60 to 400, varied)",
-    )
+    phantoms.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    _add_phantom_options(phantoms)
     phantoms.add_argument(
         "--image-size", type=_positive_int, default=64, help="pixels per side (default: 64)"
     )
@@ -165,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a site store (repeat, at least 2)",
     )
-    simulate.add_argument("--out", type=Path, required=True, help="run directory")
+    simulate.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory")
     simulate.add_argument(
         "--local-epochs", type=_positive_int, default=2, help="epochs per round (default: 2)"
     )
