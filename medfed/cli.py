@@ -55,7 +55,11 @@ def _add_phantom_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_federation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rounds", type=_positive_int, default=5, metavar="R", help="federated rounds (default: 5)"
+        "--rounds",
+        type=_positive_int,
+        default=10,
+        metavar="R",
+        help="federated rounds (default: 10)",
     )
     parser.add_argument(
         "--strategy",
@@ -171,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory")
     simulate.add_argument(
-        "--local-epochs", type=_positive_int, default=2, help="epochs per round (default: 2)"
+        "--local-epochs", type=_positive_int, default=4, help="epochs per round (default: 4)"
     )
     simulate.add_argument(
         "--no-pooled-baseline", action="store_true", help="skip the pooled-centralized baseline"

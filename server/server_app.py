@@ -85,7 +85,7 @@ class FederationConfig:
     """
 
     run_dir: Path
-    rounds: int = 5
+    rounds: int = 10
     seed: int = 0
     expected_sites: int = 2
     strategy: StrategyConfig = field(default_factory=StrategyConfig)

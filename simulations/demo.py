@@ -12,6 +12,7 @@ baselines -> cross-site evaluation -> evidence. The layout under ``out``::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -25,6 +26,7 @@ from simulations.federation import run_simulated_federation
 from simulations.phantoms import write_phantom_federation
 from site_client.ingest import ingest_site
 from site_client.store import SiteStore
+from task.training import TrainingConfig
 
 DEMO_MARKER = "demo.json"
 
@@ -36,15 +38,16 @@ class DemoError(RuntimeError):
 @dataclass(frozen=True)
 class DemoConfig:
     """What `medfed demo` runs: ``sites`` phantom hospitals, a federation of ``rounds``
-    rounds with ``strategy``, all seeded by ``seed``; ``cases_per_site`` overrides the
-    sites' varied sizes (quick runs)."""
+    rounds of ``local_epochs`` epochs with ``strategy``, all seeded by ``seed``;
+    ``cases_per_site`` overrides the sites' varied sizes (quick runs)."""
 
     out: Path = Path("medfed-demo")
     sites: int = 4
-    rounds: int = 5
+    rounds: int = 10
     seed: int = 0
     strategy: str = "fedavg"
     cases_per_site: int | None = None
+    local_epochs: int = 4
 
 
 def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Path:
@@ -68,7 +71,10 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
     progress("2/3 ingest at each site: de-identify, decode, store")
     site_dirs = []
     for phantom in phantom_sites:
-        store = SiteStore.create(config.out / "sites" / phantom.name)
+        store = SiteStore.create(
+            config.out / "sites" / phantom.name,
+            secret=simulated_site_secret(config.seed, phantom.name),
+        )
         report = ingest_site(store, phantom / "dicom", phantom / "labels.csv", seed=config.seed)
         progress(
             f"  {store.site_id}: {report.ingested} cases stored, "
@@ -85,6 +91,7 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
         rounds=config.rounds,
         seed=config.seed,
         strategy=StrategyConfig(name=config.strategy),
+        training=TrainingConfig(local_epochs=config.local_epochs),
         provenance=DataProvenance(
             description=(
                 f"phantom CT slices from `medfed phantoms` (seed {config.seed}): "
@@ -104,6 +111,12 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
         )
     )
     return result.evidence
+
+
+def simulated_site_secret(seed: int, site_id: str) -> bytes:
+    """The key of a phantom site's store, derived from the demo's seed so that a rerun
+    gives the same pseudonyms and split. Real sites get random keys (`SiteStore.create`)."""
+    return hashlib.sha256(f"medfed phantom site {site_id} seed {seed}".encode()).digest()
 
 
 def _prepare(out: Path) -> None:

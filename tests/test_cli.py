@@ -151,16 +151,29 @@ def test_bring_your_own_dicom_folders(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_small_and_reruns_in_place(tmp_path: Path) -> None:
+def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
+    """The same seed twice: byte-identical phantoms and identical evidence metrics."""
     out = tmp_path / "demo"
+    runs = []
     for _ in range(2):
         result = medfed(
-            "demo", "--out", out, "--sites", "2", "--cases-per-site", "40", "--rounds", "1"
+            "demo", "--out", out, "--sites", "2", "--cases-per-site", "40", "--rounds", "2"
         )
         assert result.returncode == 0, result.stderr
         assert "Cross-site AUC" in result.stdout
         assert "simulated" in result.stdout
         assert f"evidence:      {out / 'run' / 'evidence.json'}" in result.stdout
+        phantoms = {
+            p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted((out / "phantoms").rglob("*"))
+            if p.is_file()
+        }
+        runs.append((phantoms, json.loads((out / "run" / "evidence.json").read_text())))
+    (first_files, first), (second_files, second) = runs
+    assert first_files == second_files
+    for key in ("performance", "cross_site", "baselines", "acceptance", "operating_point"):
+        assert first[key] == second[key], key
+    assert first["run"]["id"] != second["run"]["id"]
     assert sorted(p.name for p in out.iterdir()) == ["demo.json", "phantoms", "run", "sites"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.docx").write_text("precious")

@@ -26,7 +26,7 @@ from task.wire import (
     histogram_key,
 )
 
-SMALL = ModelConfig(image_size=16, channels=(4, 8), num_res_units=0, norm_groups=2)
+SMALL = ModelConfig(image_size=16, channels=(4, 8), norm_groups=2)
 
 
 @pytest.fixture(autouse=True)

@@ -174,15 +174,35 @@ def test_cross_site_matrix_rows_are_models_and_columns_sites() -> None:
 def test_acceptance_compares_global_with_baselines() -> None:
     records, _ = _records()
     evidence = build_evidence(records)
-    assert len(evidence["acceptance"]) == 2 + len(SITES)
+    assert len(evidence["acceptance"]) == 3
     for entry in evidence["acceptance"]:
         assert set(entry) >= {"criterion", "scope", "value", "threshold", "passed"}
-    unseen = [e for e in evidence["acceptance"] if e["scope"].startswith("site ")]
     # The global model separates far better than either local model in this record.
-    assert all(e["passed"] for e in unseen)
-    comparison = evidence["baselines"]["unseen_site_comparison"]["site-a"]
-    assert comparison["n_local_models"] == 1
-    assert comparison["median_unseen_local_auc"] == evidence["cross_site"]["auc"][2][0]
+    assert all(entry["passed"] for entry in evidence["acceptance"])
+    comparison = evidence["baselines"]["unseen_site_comparison"]
+    # With two sites, the sites local-site-a never saw are site-b alone.
+    assert comparison["site-a"]["unseen_sites"] == ["site-b"]
+    assert comparison["site-a"]["local_only_auc"] == evidence["cross_site"]["auc"][1][1]
+    assert comparison["site-a"]["global_auc"] == evidence["cross_site"]["auc"][0][1]
+    unseen = evidence["acceptance"][2]
+    margins = [r["global_auc"] - r["local_only_auc"] for r in comparison.values()]
+    assert unseen["value"] == pytest.approx(sum(margins) / 2)
+
+
+def test_a_global_model_worse_than_local_ones_fails_acceptance() -> None:
+    records, _ = _records()
+    for aggregate in records.aggregates.values():
+        models = aggregate["models"]
+        models["global"] = {
+            key: (counts if key.startswith("train|") else models["local-site-b"][key])
+            for key, counts in models["global"].items()
+        }
+        models["local-site-b"], models["local-site-a"] = (
+            models["pooled-centralized"],
+            models["pooled-centralized"],
+        )
+    evidence = build_evidence(records)
+    assert [e["passed"] for e in evidence["acceptance"]] == [False, False, False]
 
 
 def test_without_pooled_baseline_that_criterion_is_not_evaluated() -> None:

@@ -34,13 +34,14 @@ def test_fedprox_term_keeps_local_weights_near_the_global_model(
 
 def test_training_is_reproducible_for_a_seed(small_federation: IngestedFederation) -> None:
     data = load_split(SiteStore.open(small_federation.site_dirs[0]), "train", 64)
+    config = TrainingConfig(local_epochs=1)
     states = []
     for _ in range(2):
         model = build_model(ModelConfig(), seed=0)
-        stats = train_model(model, data, TrainingConfig(local_epochs=1), seed=5)
+        stats = train_model(model, data, config, seed=5)
         states.append(model.state_dict())
     assert stats.num_examples == len(data)
-    assert stats.steps == -(-len(data) // 32)
+    assert stats.steps == -(-len(data) // config.batch_size)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 

@@ -58,7 +58,7 @@ def test_augmentation_is_seeded() -> None:
 
 def test_settings_survive_the_trip_through_a_config_record() -> None:
     training = TrainingConfig(local_epochs=3, batch_size=8, learning_rate=0.01, proximal_mu=0.1)
-    model = ModelConfig(image_size=32, channels=(8, 16), num_res_units=0, norm_groups=2)
+    model = ModelConfig(image_size=32, channels=(8, 16), norm_groups=2)
     flat = {**to_config(training), **to_config(model, "model-"), "server-round": 4}
     assert flat["model-channels"] == [8, 16]
     assert from_config(TrainingConfig, flat) == training

@@ -4,8 +4,11 @@ This is the default plan every run is held to, the targets medfed itself is buil
 
 1. the global model's pooled test AUC is at least 0.90;
 2. it reaches at least 0.97 x the pooled-centralized AUC of the same run (simulations);
-3. at every site, it beats the median AUC of the local-only models of the other sites
-   (models that never saw that site's data).
+3. it beats the median local-only model on the sites that model never saw: for each
+   local-only model, the global model's AUC on the other sites' test data minus that
+   model's AUC there; the median of these margins is above 0. Pooling the unseen sites
+   keeps each comparison on enough cases to mean something; a single small site's AUC
+   can tie at 1.0.
 
 Each entry is ``{criterion, scope, value, threshold, passed}``; ``passed`` is None when a
 criterion cannot be evaluated (e.g. no pooled-centralized baseline), with the reason.
@@ -14,6 +17,7 @@ Pre-specified plans read from a file come with the validation issue.
 
 from __future__ import annotations
 
+from statistics import median
 from typing import Any
 
 MIN_POOLED_AUC = 0.90
@@ -55,17 +59,20 @@ def evaluate_default_plan(evidence: dict[str, Any]) -> list[dict[str, Any]]:
                 ratio >= MIN_FRACTION_OF_CENTRALIZED,
             )
         )
-    for site, row in evidence["baselines"]["unseen_site_comparison"].items():
-        global_auc, local_median = row["global_auc"], row["median_unseen_local_auc"]
-        evaluable = global_auc is not None and local_median is not None
+    rows = evidence["baselines"]["unseen_site_comparison"].values()
+    margins = [
+        r["global_auc"] - r["local_only_auc"]
+        for r in rows
+        if r["global_auc"] is not None and r["local_only_auc"] is not None
+    ]
+    criterion = "global beats the median local-only model on the sites it never saw"
+    if margins:
+        margin = median(margins)
+        entries.append(_entry(criterion, "unseen sites", margin, 0.0, margin > 0))
+    else:
         entries.append(
             _entry(
-                "global AUC > median AUC of the other sites' local-only models",
-                f"site {site}",
-                global_auc,
-                local_median,
-                global_auc > local_median if evaluable else None,
-                None if evaluable else "not evaluated: AUC not defined at this site",
+                criterion, "unseen sites", None, 0.0, None, "not evaluated: no local-only models"
             )
         )
     return entries

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 from task.wire import STRATUM_MANUFACTURER, STRATUM_SCANNER, STRATUM_SITE, parse_histogram_key
@@ -164,13 +164,14 @@ def _histograms_by_model(aggregates: dict[str, dict[str, Any]]) -> dict[str, His
 
 
 def _pooled(
-    histograms: Histograms, split: str, stratum: str, site: str | None = None
+    histograms: Histograms, split: str, stratum: str, sites: Collection[str] | None = None
 ) -> ScoreHistogram:
+    """The sum of the ``split``/``stratum`` histograms of ``sites`` (default: all sites)."""
     return sum(
         (
             h
             for (s, st, si), h in histograms.items()
-            if s == split and st == stratum and (site is None or si == site)
+            if s == split and st == stratum and (sites is None or si in sites)
         ),
         ScoreHistogram.empty(),
     )
@@ -190,7 +191,7 @@ def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
     return {
         "pooled": binary_performance(_pooled(test, "test", STRATUM_SITE), threshold),
         "by_site": {
-            site: binary_performance(_pooled(test, "test", STRATUM_SITE, site), threshold)
+            site: binary_performance(_pooled(test, "test", STRATUM_SITE, {site}), threshold)
             for site in sites
         },
         "by_scanner": strata_of(STRATUM_MANUFACTURER),
@@ -210,7 +211,7 @@ def _cross_site(
     """AUC of every model (rows) on every site's test split (columns); None where a site
     lacks a class or did not report."""
     cells = [
-        [_auc(_pooled(histograms.get(model, {}), "test", STRATUM_SITE, site)) for site in sites]
+        [_auc(_pooled(histograms.get(model, {}), "test", STRATUM_SITE, {site})) for site in sites]
         for model in models
     ]
     return {
@@ -230,7 +231,7 @@ def _baselines(
         hists = histograms.get(model, {})
         return {
             "auc": _auc(_pooled(hists, "test", STRATUM_SITE)),
-            "by_site": {s: _auc(_pooled(hists, "test", STRATUM_SITE, s)) for s in sites},
+            "by_site": {s: _auc(_pooled(hists, "test", STRATUM_SITE, {s})) for s in sites},
         }
 
     baselines: dict[str, Any] = {
@@ -247,27 +248,20 @@ def _baselines(
 
 
 def _unseen_site_comparison(histograms: dict[str, Histograms], sites: list[str]) -> dict[str, Any]:
-    """Per site: the global model's AUC there against the median AUC there of the
-    local-only models of the *other* sites (models that never saw this site's data)."""
+    """Per local-only model: its AUC on the test data of the sites it never saw (all the
+    other sites, pooled), against the global model's AUC on the same data."""
     comparison: dict[str, Any] = {}
     for site in sites:
-        global_auc = _auc(_pooled(histograms.get(GLOBAL_MODEL, {}), "test", STRATUM_SITE, site))
-        others = [
-            auc["value"]
-            for other in sites
-            if other != site
-            and (
-                auc := _auc(
-                    _pooled(
-                        histograms.get(LOCAL_MODEL_PREFIX + other, {}), "test", STRATUM_SITE, site
-                    )
-                )
-            )
-        ]
+        local = histograms.get(LOCAL_MODEL_PREFIX + site)
+        if local is None:
+            continue
+        unseen = [s for s in sites if s != site]
+        local_auc = _auc(_pooled(local, "test", STRATUM_SITE, unseen))
+        global_auc = _auc(_pooled(histograms.get(GLOBAL_MODEL, {}), "test", STRATUM_SITE, unseen))
         comparison[site] = {
+            "unseen_sites": unseen,
+            "local_only_auc": local_auc["value"] if local_auc else None,
             "global_auc": global_auc["value"] if global_auc else None,
-            "median_unseen_local_auc": median(others) if others else None,
-            "n_local_models": len(others),
         }
     return comparison
 

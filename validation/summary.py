@@ -57,6 +57,16 @@ def format_summary(evidence: dict[str, Any]) -> str:
     for model, row in zip(cross["models"], cross["auc"], strict=True):
         lines.append(f"{model:<{width}}" + "".join(f"{_value(c):>10}" for c in row))
 
+    unseen = evidence["baselines"]["unseen_site_comparison"]
+    if unseen:
+        lines += [
+            "",
+            "Local-only models on the sites they never saw (pooled): local-only vs global AUC",
+        ]
+        lines += [
+            f"  local-{site:<16} {_value(row['local_only_auc'])} vs {_value(row['global_auc'])}"
+            for site, row in unseen.items()
+        ]
     centralized = evidence["baselines"].get("pooled_centralized")
     if centralized:
         lines += [
