@@ -194,8 +194,8 @@ def _print_evidence(evidence_path: Path) -> None:
     from validation.summary import format_summary
 
     print(format_summary(json.loads(evidence_path.read_text())))
-    print(f"\nrun directory: {evidence_path.parent}")
-    print(f"evidence:      {evidence_path}")
+    print(f"\nrun directory: {evidence_path.parent.resolve()}")
+    print(f"evidence:      {evidence_path.resolve()}")
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -162,7 +162,7 @@ def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert "Cross-site AUC" in result.stdout
         assert "simulated" in result.stdout
-        assert f"evidence:      {out / 'run' / 'evidence.json'}" in result.stdout
+        assert f"evidence:      {(out / 'run' / 'evidence.json').resolve()}" in result.stdout
         phantoms = {
             p.relative_to(out).as_posix(): p.read_bytes()
             for p in sorted((out / "phantoms").rglob("*"))
