@@ -107,6 +107,7 @@ class RecordingStrategy(Strategy):
         self.progress = progress
         self.total_rounds = total_rounds
         self._round_started = 0.0
+        self._trained = 0
 
     def summary(self) -> None:
         self.inner.summary()
@@ -123,8 +124,11 @@ class RecordingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ordered = sorted(replies, key=lambda m: self._site(m))
-        for reply in ordered:
+        self._trained = sum(
             self._record(server_round, "train", reply, lambda m: dict(m.content[METRICS]))
+            is not None
+            for reply in ordered
+        )
         arrays, metrics = self.inner.aggregate_train(server_round, ordered)
         if arrays is not None:
             self.checkpoints.save(
@@ -146,6 +150,7 @@ class RecordingStrategy(Strategy):
         pooled = ScoreHistogram.empty()
         weighted_loss, n_total = 0.0, 0
         answered = 0
+        replies = list(replies)
         for reply in sorted(replies, key=lambda m: self._site(m)):
             evaluation = self._record(server_round, "evaluate", reply, _evaluation_of)
             if evaluation is None:
@@ -164,9 +169,10 @@ class RecordingStrategy(Strategy):
         self.rounds.append(
             {"round": server_round, "phase": "summary", "seconds": seconds, **summary}
         )
-        auc = f"pooled test AUC {summary['pooled-auc']:.3f}" if "pooled-auc" in summary else ""
+        auc = f", pooled test AUC {summary['pooled-auc']:.3f}" if "pooled-auc" in summary else ""
         self.progress(
-            f"round {server_round}/{self.total_rounds}: {answered} sites, {auc} ({seconds:.0f} s)"
+            f"round {server_round}/{self.total_rounds}: {self._trained} sites trained, "
+            f"{answered}/{len(replies)} evaluated{auc} ({seconds:.0f} s)"
         )
         return MetricRecord(summary)
 

@@ -206,8 +206,17 @@ class SiteStore:
 
     def load_image(self, case_id: str) -> np.ndarray:
         """The stored image of ``case_id`` (float32, 2-D)."""
-        return np.load(self.cases_dir / f"{case_id}.npy")
+        return self._load(self.cases_dir / f"{case_id}.npy", case_id)
 
     def load_mask(self, case_id: str) -> np.ndarray:
         """The stored lesion mask of ``case_id`` (uint8 0/1, 2-D)."""
-        return np.load(self.masks_dir / f"{case_id}.npy")
+        return self._load(self.masks_dir / f"{case_id}.npy", case_id)
+
+    def _load(self, path: Path, case_id: str) -> np.ndarray:
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise SiteStoreError(
+                f"site {self.site_id}: case {case_id} is in the manifest but {path} is missing "
+                "or unreadable; the store is damaged (ingest the site again)"
+            ) from exc

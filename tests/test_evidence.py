@@ -218,7 +218,15 @@ def test_records_of_suppression_failures_and_rounds_reach_the_evidence() -> None
     records.aggregates["site-b"] = {"site": "site-b", "error": "site offline"}
     evidence = build_evidence(records)
     assert {"site": "site-a", "stratum": "test|scanner=X Y"} in evidence["suppressed"]
-    assert evidence["site_failures"] == {"site-b": "site offline"}
+    assert evidence["site_failures"] == [
+        {"site": "site-b", "stage": "evaluate", "round": 1, "reason": "site offline"},
+        {
+            "site": "site-b",
+            "stage": "cross-site evaluation",
+            "round": None,
+            "reason": "site offline",
+        },
+    ]
     assert evidence["performance"]["pooled"]["n"] == 60  # site-b reported nothing
     assert evidence["rounds"][0]["sites"]["site-b"] == {"evaluate_error": "site offline"}
     assert evidence["rounds"][0]["pooled_auc"] == 0.8

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from pydicom.multival import MultiValue
 from server.server_app import DataProvenance, FederationConfig
 from server.strategies import StrategyConfig
 from simulations.federation import run_simulated_federation
+from site_client.store import SiteStore
 from task.model import ModelConfig, build_model
 from task.training import TrainingConfig
 from task.wire import (
@@ -241,3 +243,34 @@ def test_other_strategies_run_on_the_runtime(
         json.loads(line) for line in (tmp_path / strategy / "wire.jsonl").read_text().splitlines()
     ]
     assert sent  # the run went through the wire
+
+
+def test_a_broken_site_is_left_out_with_its_reason_and_the_federation_goes_on(
+    small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    site_dirs = [Path(shutil.copytree(d, tmp_path / d.name)) for d in small_federation.site_dirs]
+    broken = SiteStore.open(site_dirs[1])
+    train_case = next(r for r in broken.read_manifest() if r.split == "train")
+    (broken.cases_dir / f"{train_case.case_id}.npy").unlink()
+
+    config = _config(tmp_path / "run", rounds=1)
+    result = run_simulated_federation(
+        site_dirs, config, pooled_baseline=False, progress=lambda _: None
+    )
+    evidence = json.loads(result.evidence.read_text())
+    failures = {(f["site"], f["stage"]) for f in evidence["site_failures"]}
+    # Every stage that needs the training split fails at the broken site, with its reason.
+    assert failures == {
+        (broken.site_id, "local-only"),
+        (broken.site_id, "train"),
+        (broken.site_id, "cross-site evaluation"),
+    }
+    assert all("damaged" in f["reason"] for f in evidence["site_failures"])
+    healthy = site_dirs[0].name
+    round_one = evidence["rounds"][0]["sites"]
+    assert round_one[healthy]["train_loss"] > 0
+    assert "train_error" in round_one[broken.site_id]
+    # Its test split is intact: the per-round evaluation of the global model still works.
+    assert round_one[broken.site_id]["test_loss"] > 0
+    assert set(evidence["performance"]["by_site"]) == {healthy}
+    assert evidence["cross_site"]["models"] == ["global", f"local-{healthy}"]

@@ -128,11 +128,7 @@ def build_evidence(records: RunRecords) -> dict[str, Any]:
             for site, aggregate in sorted(records.aggregates.items())
             for stratum in aggregate.get("suppressed", [])
         ],
-        "site_failures": {
-            site: aggregate["error"]
-            for site, aggregate in sorted(records.aggregates.items())
-            if "error" in aggregate
-        },
+        "site_failures": _site_failures(records),
         "cross_site": _cross_site(histograms, models, site_ids),
         "baselines": _baselines(histograms, models, site_ids),
         "rounds": _rounds(records.rounds),
@@ -264,6 +260,31 @@ def _unseen_site_comparison(histograms: dict[str, Histograms], sites: list[str])
             "global_auc": global_auc["value"] if global_auc else None,
         }
     return comparison
+
+
+def _site_failures(records: RunRecords) -> list[dict[str, Any]]:
+    """Every reply a site could not give: stage, round (None outside rounds), reason."""
+    failures = [
+        {
+            "site": entry["site"],
+            "stage": entry["phase"],
+            "round": entry["round"] or None,
+            "reason": entry["error"],
+        }
+        for entry in records.rounds
+        if "error" in entry
+    ]
+    failures += [
+        {
+            "site": site,
+            "stage": "cross-site evaluation",
+            "round": None,
+            "reason": aggregate["error"],
+        }
+        for site, aggregate in sorted(records.aggregates.items())
+        if "error" in aggregate
+    ]
+    return failures
 
 
 def _site_entry(site: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,11 @@ def format_summary(evidence: dict[str, Any]) -> str:
     lines += [_row(f"site {k}", v) for k, v in performance["by_site"].items()]
     lines += [_row(f"manufacturer {k}", v) for k, v in performance["by_scanner"].items()]
     lines += [_row(f"scanner {k}", v) for k, v in performance["by_scanner_model"].items()]
+    for failure in evidence["site_failures"]:
+        when = f" round {failure['round']}" if failure["round"] else ""
+        lines.append(
+            f"! site {failure['site']} failed in {failure['stage']}{when}: {failure['reason']}"
+        )
     if evidence["suppressed"]:
         lines.append(
             f"({len(evidence['suppressed'])} strata below a site's minimum cell size withheld)"
