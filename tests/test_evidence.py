@@ -260,3 +260,18 @@ def test_incomplete_run_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text("{}")
     with pytest.raises(EvidenceError, match=r"rounds\.jsonl"):
         load_run(tmp_path)
+
+
+def test_validation_never_imports_flower_or_torch() -> None:
+    """DESIGN.md: validation is pure functions over data."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, validation.evidence, validation.summary, validation.metrics;"
+        "print(sorted({'flwr', 'torch', 'ray'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
