@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import sys
 import traceback
@@ -18,6 +17,8 @@ from pathlib import Path
 from medfed.progress import CountProgress
 from task.runtime import apply_offline_environment
 
+#: server.strategies.STRATEGY_NAMES, repeated so that --help need not import Flower
+#: (tests/test_cli.py checks that the two agree).
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 
 
@@ -248,18 +249,12 @@ def _deid(args: argparse.Namespace) -> None:
 
 
 def _read_or_create_key(path: Path) -> bytes:
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-        _say(f"created key file {path} (keep it: it re-links pseudonyms)")
-    try:
-        secret = bytes.fromhex(path.read_text().strip())
-    except ValueError as exc:
-        raise _Failure(f"{path}: key file must hold hex") from exc
-    if len(secret) < 16:
-        raise _Failure(f"{path}: key must be at least 16 bytes")
-    return secret
+    from site_client.store import read_secret_file, write_secret_file
+
+    if path.exists():
+        return read_secret_file(path)
+    _say(f"created key file {path} (keep it: it re-links pseudonyms)")
+    return write_secret_file(path)
 
 
 def _ingest(args: argparse.Namespace) -> None:

@@ -39,7 +39,9 @@ from task.wire import (
     ARRAYS,
     CONFIG,
     EPOCHS_KEY,
+    GLOBAL_MODEL,
     HISTOGRAMS_PREFIX,
+    LOCAL_MODEL_PREFIX,
     MODEL_CONFIG_PREFIX,
     MODEL_PREFIX,
     MSG_EVALUATE_STRATA,
@@ -52,8 +54,6 @@ from validation.evidence import write_evidence
 
 RUN_RECORD_FILE = "run.json"
 AGGREGATES_DIR = "site-aggregates"
-GLOBAL_MODEL = "global"
-LOCAL_MODEL_PREFIX = "local-"
 Progress = Callable[[str], None]
 
 

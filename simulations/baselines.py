@@ -16,8 +16,7 @@ from site_client.store import SiteStore
 from site_client.training import train_model
 from task.model import ModelConfig, build_model
 from task.training import TrainingConfig, derive_seed
-
-POOLED_CENTRALIZED = "pooled-centralized"
+from task.wire import POOLED_CENTRALIZED
 
 
 def train_pooled_centralized(

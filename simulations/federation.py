@@ -19,10 +19,11 @@ from flwr.simulation import run_simulation
 
 from server.server_app import FederationConfig, build_server_app
 from server.sites import FederationError
-from simulations.baselines import POOLED_CENTRALIZED, train_pooled_centralized
+from simulations.baselines import train_pooled_centralized
 from site_client.client_app import build_client_app
 from site_client.store import SiteStore
 from task.runtime import apply_offline_environment
+from task.wire import POOLED_CENTRALIZED
 from validation.evidence import EVIDENCE_FILE
 
 #: Memory Ray may use for its object store (model messages are a few MB).

@@ -39,8 +39,36 @@ MANIFEST_COLUMNS = (
 )
 
 
+MIN_SECRET_BYTES = 16
+
+
 class SiteStoreError(RuntimeError):
     """The site directory is not a usable site store."""
+
+
+def write_secret_file(path: Path, secret: bytes | None = None) -> bytes:
+    """Create ``path`` (mode 0600, never overwriting) holding ``secret`` as hex; default:
+    32 random bytes. Returns the secret."""
+    secret = secrets.token_bytes(32) if secret is None else secret
+    if len(secret) < MIN_SECRET_BYTES:
+        raise SiteStoreError(f"{path}: a secret needs at least {MIN_SECRET_BYTES} bytes")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret.hex())
+    return secret
+
+
+def read_secret_file(path: Path) -> bytes:
+    """The secret held (as hex) in ``path``; `SiteStoreError` naming the file otherwise."""
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError as exc:
+        raise SiteStoreError(f"{path}: secret file is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise SiteStoreError(f"{path}: secret file must hold hex") from exc
+    if len(secret) < MIN_SECRET_BYTES:
+        raise SiteStoreError(f"{path}: secret is shorter than {MIN_SECRET_BYTES} bytes")
+    return secret
 
 
 @dataclass(frozen=True)
@@ -123,11 +151,7 @@ class SiteStore:
         write_policy(root, policy)
         secret_path = root / SECRET_FILE
         if not secret_path.exists():
-            if secret is not None and len(secret) < 16:
-                raise SiteStoreError(f"{root}: a site secret needs at least 16 bytes")
-            fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write((secret or secrets.token_bytes(32)).hex())
+            write_secret_file(secret_path, secret)
         store = cls.open(root)
         for folder in (store.cases_dir, store.masks_dir, store.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -139,16 +163,7 @@ class SiteStore:
         if not root.is_dir():
             raise SiteStoreError(f"{root}: no such site directory")
         policy = read_policy(root)
-        secret_path = root / SECRET_FILE
-        try:
-            secret = bytes.fromhex(secret_path.read_text().strip())
-        except FileNotFoundError as exc:
-            raise SiteStoreError(f"{secret_path}: site secret is missing") from exc
-        except ValueError as exc:
-            raise SiteStoreError(f"{secret_path}: site secret is not hex") from exc
-        if len(secret) < 16:
-            raise SiteStoreError(f"{secret_path}: site secret is shorter than 16 bytes")
-        return cls(root, policy, secret)
+        return cls(root, policy, read_secret_file(root / SECRET_FILE))
 
     def read_manifest(self) -> list[CaseRecord]:
         """All cases in the store, in manifest order (empty for a new store)."""

@@ -71,6 +71,13 @@ EVALUATE_METRIC_KEYS = frozenset(
     {NUM_EXAMPLES, "test-loss", "evaluate-seconds", "hist-negative", "hist-positive"}
 )
 
+# --- the models of a run (names in run.json, site aggregates and evidence) ---------------
+GLOBAL_MODEL = "global"
+#: Prefix of each site's local-only model: "local-<site id>".
+LOCAL_MODEL_PREFIX = "local-"
+#: All sites' training data in one place (simulations only).
+POOLED_CENTRALIZED = "pooled-centralized"
+
 # --- strata ------------------------------------------------------------------------------
 #: A stratum is named "<kind>=<value>"; the whole site's data is "site=all".
 STRATUM_SITE = "site=all"

@@ -181,3 +181,28 @@ def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "not empty" in result.stderr
     assert (tmp_path / "other" / "thesis.docx").read_text() == "precious"
+
+
+def test_cli_strategy_choices_are_the_servers() -> None:
+    from medfed.cli import STRATEGIES
+    from server.strategies import STRATEGY_NAMES
+
+    assert STRATEGIES == STRATEGY_NAMES
+
+
+def test_deid_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
+    write_ct(tmp_path / "in" / "a.dcm", CtSpec(index=1))
+    key = tmp_path / "site.key"
+    first = medfed("deid", tmp_path / "in", tmp_path / "out1", "--key", key)
+    assert first.returncode == 0, first.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    second = medfed("deid", tmp_path / "in", tmp_path / "out2", "--key", key)
+    assert second.returncode == 0, second.stderr
+    # Same key, same replaced UIDs: the outputs have the same names.
+    assert [p.name for p in (tmp_path / "out1").glob("*.dcm")] == [
+        p.name for p in (tmp_path / "out2").glob("*.dcm")
+    ]
+    key.write_text("not hex")
+    bad = medfed("deid", tmp_path / "in", tmp_path / "out3", "--key", key)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [f"medfed: error: {key}: secret file must hold hex"]

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from task.wire import STRATUM_MANUFACTURER, STRATUM_SCANNER, STRATUM_SITE, parse_histogram_key
+from task.wire import (
+    GLOBAL_MODEL,
+    LOCAL_MODEL_PREFIX,
+    POOLED_CENTRALIZED,
+    STRATUM_MANUFACTURER,
+    STRATUM_SCANNER,
+    STRATUM_SITE,
+    parse_histogram_key,
+)
 from validation.acceptance import evaluate_default_plan
 from validation.metrics import (
     ScoreHistogram,
@@ -30,9 +38,6 @@ from validation.metrics import (
 
 SCHEMA_VERSION = "1.0"
 EVIDENCE_FILE = "evidence.json"
-GLOBAL_MODEL = "global"
-POOLED_CENTRALIZED = "pooled-centralized"
-LOCAL_MODEL_PREFIX = "local-"
 
 
 class EvidenceError(ValueError):
