@@ -13,9 +13,13 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medfed.progress import CountProgress
 from task.runtime import apply_offline_environment
+
+if TYPE_CHECKING:
+    from task.privacy import PrivacyConfig
 
 #: server.strategies.STRATEGY_NAMES, repeated so that --help need not import Flower
 #: (tests/test_cli.py checks that the two agree).
@@ -54,6 +58,75 @@ def _add_phantom_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _epsilon(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 or 'inf', got {text}")
+    return value
+
+
+def _add_privacy_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("differential privacy")
+    group.add_argument(
+        "--epsilon",
+        type=_epsilon,
+        default=8.0,
+        metavar="E",
+        help="privacy budget of the run: with --dp local, what each site may spend on all it "
+        "trains in the run (local-only baseline and every round); 'inf' trains without DP "
+        "(default: 8)",
+    )
+    group.add_argument(
+        "--dp",
+        choices=("local", "central"),
+        default="local",
+        help="local: DP-SGD at every site (record-level, each site accounts against its own "
+        "ceiling in SITE/site.toml); central: clipping and noise at the coordinator "
+        "(site-level, the coordinator sees unnoised updates) (default: local)",
+    )
+    group.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=0.0,
+        metavar="Z",
+        help="fixed noise multiplier instead of one derived from --epsilon",
+    )
+    group.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="DP-SGD per-sample clipping norm; with --dp central, the update clipping norm "
+        "(default: 1.0)",
+    )
+    group.add_argument(
+        "--accountant",
+        choices=("rdp", "prv"),
+        default="rdp",
+        help="Opacus accountant the sites use (default: rdp)",
+    )
+
+
+def _privacy_config(args: argparse.Namespace) -> PrivacyConfig:
+    import math
+
+    from task.privacy import PrivacyConfig
+
+    if math.isinf(args.epsilon) and args.noise_multiplier:
+        raise _Usage("--noise-multiplier needs a finite --epsilon or none")
+    try:
+        return PrivacyConfig.for_epsilon(
+            args.epsilon,
+            mode=args.dp,
+            noise_multiplier=args.noise_multiplier,
+            max_grad_norm=args.max_grad_norm,
+            clipping_norm=args.max_grad_norm,
+            accountant=args.accountant,
+        )
+    except ValueError as exc:
+        raise _Usage(str(exc)) from exc
+
+
 def _add_federation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rounds",
@@ -70,6 +143,7 @@ def _add_federation_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
     )
     _add_seed(parser)
+    _add_privacy_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="the whole job on one machine, from phantom hospitals to evidence",
-        description="Phantom hospitals -> ingest at each site -> federated training on Flower's "
-        "simulation runtime, with local-only and pooled-centralized baselines -> cross-site "
-        "validation -> RUN/evidence.json, and a per-site, per-scanner table.",
+        description="Phantom hospitals -> ingest at each site -> federated training with "
+        "DP-SGD at every site (epsilon 8 by default) on Flower's simulation runtime, with "
+        "local-only and pooled-centralized baselines -> cross-site validation -> "
+        "RUN/evidence.json, and a per-site, per-scanner table.",
     )
     demo.add_argument(
         "--out",
@@ -161,6 +236,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_seed(ingest)
     ingest.set_defaults(run=_ingest)
 
+    budget = site_commands.add_parser(
+        "budget",
+        help="the site's privacy ceiling and what its ledger says it has spent",
+        description="Checks the site's privacy ledger (SITE/privacy-ledger.jsonl: every model "
+        "released, hash-chained), prints each release and the epsilon spent over all runs, "
+        "recomputed independently with dp-accounting, against the site's ceiling. With "
+        "--max-epsilon or --delta it first sets them in SITE/site.toml.",
+    )
+    budget.add_argument("--site-dir", type=Path, required=True, help="the site store")
+    budget.add_argument(
+        "--max-epsilon",
+        type=_epsilon,
+        metavar="E",
+        help="set the most privacy loss the site accepts, over all runs",
+    )
+    budget.add_argument(
+        "--delta",
+        type=float,
+        metavar="D",
+        help="set the site's delta (default: 0.1 / training cases)",
+    )
+    budget.set_defaults(run=_budget)
+
     simulate = commands.add_parser(
         "simulate",
         help="a federation of existing site stores on Flower's simulation runtime",
@@ -209,6 +307,7 @@ def _demo(args: argparse.Namespace) -> None:
         seed=args.seed,
         strategy=args.strategy,
         cases_per_site=args.cases_per_site,
+        privacy=_privacy_config(args),
     )
     _print_evidence(run_demo(config, progress=_say))
 
@@ -284,6 +383,53 @@ def _ingest(args: argparse.Namespace) -> None:
     print(f"report: {store.ingest_report_path}; quarantine: {store.quarantine_dir}")
 
 
+def _budget(args: argparse.Namespace) -> None:
+    import math
+    from dataclasses import replace
+
+    from site_client.ledger import PrivacyLedger
+    from site_client.policy import PrivacyPolicy, write_policy
+    from site_client.privacy import epsilon_spent
+    from site_client.store import SiteStore
+    from validation.privacy import recompute_epsilon
+
+    store = SiteStore.open(args.site_dir)
+    if args.max_epsilon is not None or args.delta is not None:
+        ceiling = store.policy.privacy
+        privacy = PrivacyPolicy(
+            max_epsilon=ceiling.max_epsilon if args.max_epsilon is None else args.max_epsilon,
+            delta=ceiling.delta if args.delta is None else args.delta,
+        )
+        write_policy(store.root, replace(store.policy, privacy=privacy))
+        store = SiteStore.open(args.site_dir)
+    entries = PrivacyLedger(store.root).entries()
+    n_train = sum(r.split == "train" for r in store.read_manifest())
+    policy = store.policy.privacy
+    delta = policy.delta_for(n_train)
+    ceiling = "none" if policy.max_epsilon is None else f"{policy.max_epsilon:g}"
+    print(f"site {store.site_id}: ceiling epsilon {ceiling} at delta {delta:.3g}")
+    print(f"ledger: {len(entries)} releases, chain intact")
+    for e in entries:
+        noise = f"noise {e.noise_multiplier:.3f}" if e.noise_multiplier else "no DP"
+        print(
+            f"  {e.time}  {e.run_id}  round {e.round:>3} {e.phase:<10} {e.steps:>5} steps  "
+            f"{noise}  epsilon after: run {e.epsilon_run:.3f}, all runs {e.epsilon_total:.3f}"
+        )
+    releases = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
+    accountant = entries[-1].accountant if entries else "rdp"
+    spent = epsilon_spent(releases, delta, accountant)
+    line = f"spent over all runs: epsilon {spent:.3f} ({accountant})"
+    if entries and math.isfinite(spent):
+        check = recompute_epsilon(releases, delta)
+        line += (
+            f"; recomputed by {check['library']}: RDP {check['rdp_epsilon']:.3f}, "
+            f"PLD {check['pld_epsilon']:.3f}"
+        )
+    print(line)
+    if policy.max_epsilon is not None:
+        print(f"remaining: epsilon {max(policy.max_epsilon - spent, 0):.3f} of {ceiling}")
+
+
 def _simulate(args: argparse.Namespace) -> None:
     from server.server_app import DataProvenance, FederationConfig
     from server.strategies import StrategyConfig
@@ -302,6 +448,7 @@ def _simulate(args: argparse.Namespace) -> None:
         seed=args.seed,
         strategy=StrategyConfig(name=args.strategy),
         training=TrainingConfig(local_epochs=args.local_epochs),
+        privacy=_privacy_config(args),
         provenance=provenance,
     )
     result = run_simulated_federation(

@@ -37,6 +37,12 @@ class JsonLines:
         with self._lock, self.path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
+    def read(self) -> list[dict[str, Any]]:
+        """Every entry so far, in order."""
+        with self._lock:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line]
+
 
 def describe_records(content: RecordDict) -> dict[str, Any]:
     """A JSON-able account of ``content``: values of metric and config records, shapes and

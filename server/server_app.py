@@ -34,6 +34,13 @@ from server.sites import FederationError, SiteProfile, discover_sites
 from server.strategies import RecordingStrategy, StrategyConfig, make_strategy
 from task.config_record import to_config
 from task.model import ARCHITECTURE, ModelConfig, build_model, count_parameters
+from task.privacy import (
+    PLANNED_EPOCHS_KEY,
+    PRIVACY_PREFIX,
+    PRIVACY_REFUSED,
+    RUN_ID_KEY,
+    PrivacyConfig,
+)
 from task.training import TrainingConfig
 from task.wire import (
     ARRAYS,
@@ -42,6 +49,7 @@ from task.wire import (
     GLOBAL_MODEL,
     HISTOGRAMS_PREFIX,
     LOCAL_MODEL_PREFIX,
+    METRICS,
     MODEL_CONFIG_PREFIX,
     MODEL_PREFIX,
     MSG_EVALUATE_STRATA,
@@ -81,6 +89,8 @@ class FederationConfig:
     local_baselines: train and evaluate each site's local-only model as well.
     reference_models: (name, checkpoint file) of further models to evaluate at every site,
         e.g. ("pooled-centralized", path) in a simulation.
+    privacy: the differential privacy the run asks for (default: DP-SGD at every site,
+        epsilon 8 per site and run; see `task.privacy`).
     timeout_s: how long to wait for replies to one message exchange.
     """
 
@@ -93,12 +103,15 @@ class FederationConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     local_baselines: bool = True
     reference_models: tuple[tuple[str, Path], ...] = ()
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     provenance: DataProvenance = field(default_factory=DataProvenance)
     timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.privacy.mode == "central" and self.strategy.fraction_train < 1:
+            raise ValueError("central DP here asks every site each round (fraction_train 1)")
         if self.expected_sites < self.strategy.min_sites:
             raise ValueError(
                 f"a federation needs at least {self.strategy.min_sites} sites, "
@@ -127,6 +140,7 @@ class FederatedJob:
         self.checkpoints = CheckpointRegistry(config.run_dir)
         self.rounds_log = JsonLines(config.run_dir / ROUNDS_FILE)
         self.timings: dict[str, float] = {}
+        self.run_id = config.run_dir.resolve().name + "-" + uuid.uuid4().hex[:8]
 
     def run(self, flower_grid: Grid) -> None:
         config = self.config
@@ -145,13 +159,17 @@ class FederatedJob:
         self.checkpoints.save("global-round-000", model.state_dict(), 0)
 
         local_models: dict[str, str] = {}
-        if config.local_baselines:
+        if config.local_baselines and not self._trains_local_baselines:
+            # Central DP covers what leaves the coordinator; a local-only model would reach
+            # the other sites (cross-site evaluation) with no noise at all.
+            self.progress("local-only baselines: none under central DP (they would carry no noise)")
+        elif self._trains_local_baselines:
             with self._stage("local-only baselines", grid):
                 local_models = self._train_local_models(grid, sites, initial)
 
         with self._stage("federated rounds", grid):
             strategy = RecordingStrategy(
-                make_strategy(config.strategy),
+                make_strategy(config.strategy, config.privacy, config.rounds, len(sites)),
                 grid.site_of,
                 self.rounds_log,
                 self.checkpoints,
@@ -166,11 +184,7 @@ class FederatedJob:
                 train_config=ConfigRecord(self._task_config()),
                 evaluate_config=ConfigRecord(self._task_config()),
             )
-        final_name = f"global-round-{config.rounds:03d}"
-        if final_name not in self.checkpoints.entries:
-            raise FederationError(
-                f"round {config.rounds} produced no global model: see rounds.jsonl"
-            )
+        final_name = self._final_checkpoint()
 
         models = {GLOBAL_MODEL: result.arrays}
         models |= {name: self._arrays_of(ckpt) for name, ckpt in local_models.items()}
@@ -188,11 +202,41 @@ class FederatedJob:
         self.progress(f"evidence written to {evidence_path}")
 
     def _task_config(self) -> dict[str, Any]:
+        config = self.config
+        federated_epochs = config.rounds * config.training.local_epochs
         return {
-            **to_config(self.config.training),
-            **to_config(self.config.model, MODEL_CONFIG_PREFIX),
-            SEED_KEY: self.config.seed,
+            **to_config(config.training),
+            **to_config(config.model, MODEL_CONFIG_PREFIX),
+            **to_config(config.privacy, PRIVACY_PREFIX),
+            SEED_KEY: config.seed,
+            RUN_ID_KEY: self.run_id,
+            PLANNED_EPOCHS_KEY: federated_epochs * (2 if self._trains_local_baselines else 1),
         }
+
+    @property
+    def _trains_local_baselines(self) -> bool:
+        return self.config.local_baselines and self.config.privacy.mode != "central"
+
+    def _final_checkpoint(self) -> str:
+        """The last round's global model; `FederationError` with the sites' reasons if no
+        round produced one (e.g. every site refused on privacy grounds)."""
+        for server_round in range(self.config.rounds, 0, -1):
+            name = f"global-round-{server_round:03d}"
+            if name in self.checkpoints.entries:
+                if server_round < self.config.rounds:
+                    self.progress(f"the last global model is round {server_round}'s")
+                return name
+        reasons = sorted(
+            {
+                f"{e['site']}: {e.get('refused') or e.get('error')}"
+                for e in self.rounds_log.read()
+                if e.get("phase") == "train" and ("refused" in e or "error" in e)
+            }
+        )
+        raise FederationError(
+            "no round produced a global model"
+            + (f"; {'; '.join(reasons)}" if reasons else ": see rounds.jsonl")
+        )
 
     def _train_local_models(
         self, grid: AuditedGrid, sites: list[SiteProfile], initial: ArrayRecord
@@ -205,12 +249,13 @@ class FederatedJob:
         content = RecordDict({ARRAYS: initial, CONFIG: config})
         local_models: dict[str, str] = {}
         for site, reply in self._exchange(grid, sites, MSG_TRAIN_LOCAL, content).items():
+            entry = {"round": 0, "phase": "local-only", "site": site}
             if reply.has_error():
-                self.rounds_log.append(
-                    {"round": 0, "phase": "local-only", "site": site, "error": reply.error.reason}
-                )
-                self.progress(f"  {site}: no local-only model ({reply.error.reason})")
+                outcome = "refused" if reply.error.code == PRIVACY_REFUSED else "error"
+                self.rounds_log.append(entry | {outcome: reply.error.reason})
+                self.progress(f"  {site}: no local-only model ({outcome}: {reply.error.reason})")
                 continue
+            self.rounds_log.append(entry | {"metrics": dict(reply.content[METRICS])})
             name = LOCAL_MODEL_PREFIX + site
             self.checkpoints.save(name, reply.content[ARRAYS].to_torch_state_dict(), None)
             local_models[name] = name
@@ -275,13 +320,14 @@ class FederatedJob:
         config = self.config
         return {
             "run": {
-                "id": config.run_dir.resolve().name + "-" + uuid.uuid4().hex[:8],
+                "id": self.run_id,
                 "created": created,
                 "code_version": code_version(),
                 "strategy": asdict(config.strategy),
                 "rounds": config.rounds,
                 "seed": config.seed,
                 "training": asdict(config.training),
+                "privacy": {**asdict(config.privacy), "guarantee": config.privacy.guarantee},
                 "data": asdict(config.provenance),
             },
             "model": {

@@ -17,8 +17,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
+from server.central_dp import CentralDP
 from server.checkpoints import CheckpointRegistry
 from server.records import AuditedGrid, JsonLines
+from task.privacy import PRIVACY_REFUSED, PrivacyConfig
 from task.wire import METRICS, NUM_EXAMPLES
 from validation.metrics import ScoreHistogram, roc_auc
 
@@ -57,8 +59,21 @@ class StrategyConfig:
             raise ValueError(f"min_sites must be >= 1, got {self.min_sites}")
 
 
-def make_strategy(config: StrategyConfig) -> Strategy:
-    """Flower's strategy for ``config.name``, evaluating on every site each round."""
+def make_strategy(
+    config: StrategyConfig, privacy: PrivacyConfig | None = None, rounds: int = 1, n_sites: int = 1
+) -> Strategy:
+    """Flower's strategy for ``config.name``, evaluating on every site each round; with
+    central DP (``privacy.mode == "central"``) wrapped in `CentralDP` for ``rounds`` rounds
+    over ``n_sites`` sites."""
+    strategy = _base_strategy(config)
+    if privacy is not None and privacy.mode == "central":
+        if not isinstance(strategy, FedAvg) or isinstance(strategy, FedAdam):
+            raise ValueError(f"central DP cannot wrap {config.name}: use fedavg or fedprox")
+        return CentralDP(strategy, privacy, rounds, n_sites)
+    return strategy
+
+
+def _base_strategy(config: StrategyConfig) -> FedAvg:
     sampling = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": 1.0,
@@ -86,7 +101,10 @@ class RecordingStrategy(Strategy):
       sums, and therefore the global model, do not depend on which site answered first;
     - each site's train metrics, evaluation (loss, AUC from its score histograms) and each
       failure go to ``rounds``;
-    - every round's global model is saved as checkpoint ``global-round-NNN``.
+    - every round's global model is saved as checkpoint ``global-round-NNN``;
+    - a site that refuses a round on privacy grounds (its budget would be exceeded) is
+      recorded and asked to train no more in this run: its spend only grows. It is still
+      evaluated, which costs it nothing.
 
     site_of maps node ids to site ids; progress receives one line per round.
     """
@@ -108,6 +126,7 @@ class RecordingStrategy(Strategy):
         self.total_rounds = total_rounds
         self._round_started = 0.0
         self._trained = 0
+        self.refused: set[int] = set()
 
     def summary(self) -> None:
         self.inner.summary()
@@ -118,7 +137,8 @@ class RecordingStrategy(Strategy):
         self._round_started = time.perf_counter()
         if isinstance(grid, AuditedGrid):
             grid.stage = f"round {server_round} train"
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        messages = self.inner.configure_train(server_round, arrays, config, grid)
+        return [m for m in messages if m.metadata.dst_node_id not in self.refused]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -130,6 +150,16 @@ class RecordingStrategy(Strategy):
             for reply in ordered
         )
         arrays, metrics = self.inner.aggregate_train(server_round, ordered)
+        if isinstance(self.inner, CentralDP):
+            self.rounds.append(
+                {
+                    "round": server_round,
+                    "phase": "central-dp",
+                    "epsilon": self.inner.privacy_spent(),
+                    "delta": self.inner.delta,
+                    "noise_multiplier": self.inner.noise_multiplier,
+                }
+            )
         if arrays is not None:
             self.checkpoints.save(
                 f"global-round-{server_round:03d}", arrays.to_torch_state_dict(), server_round
@@ -185,6 +215,11 @@ class RecordingStrategy(Strategy):
         self, server_round: int, phase: str, reply: Message, extract: Callable[[Message], dict]
     ) -> dict | None:
         entry = {"round": server_round, "phase": phase, "site": self._site(reply)}
+        if reply.has_error() and reply.error.code == PRIVACY_REFUSED:
+            self.refused.add(reply.metadata.src_node_id)
+            self.rounds.append(entry | {"refused": reply.error.reason})
+            self.progress(f"  {entry['site']} refused round {server_round}: {reply.error.reason}")
+            return None
         if reply.has_error():
             self.rounds.append(entry | {"error": reply.error.reason})
             return None

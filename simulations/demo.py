@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from server.server_app import DataProvenance, FederationConfig
@@ -26,6 +26,7 @@ from simulations.federation import run_simulated_federation
 from simulations.phantoms import write_phantom_federation
 from site_client.ingest import ingest_site
 from site_client.store import SiteStore
+from task.privacy import PrivacyConfig
 from task.training import TrainingConfig
 
 DEMO_MARKER = "demo.json"
@@ -39,7 +40,8 @@ class DemoError(RuntimeError):
 class DemoConfig:
     """What `medfed demo` runs: ``sites`` phantom hospitals, a federation of ``rounds``
     rounds of ``local_epochs`` epochs with ``strategy``, all seeded by ``seed``;
-    ``cases_per_site`` overrides the sites' varied sizes (quick runs)."""
+    ``cases_per_site`` overrides the sites' varied sizes (quick runs). ``privacy``: DP-SGD
+    at every site, epsilon 8 per site, by default."""
 
     out: Path = Path("medfed-demo")
     sites: int = 4
@@ -48,6 +50,7 @@ class DemoConfig:
     strategy: str = "fedavg"
     cases_per_site: int | None = None
     local_epochs: int = 4
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Path:
@@ -84,7 +87,8 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
     timings["ingest"] = time.perf_counter() - started - timings["phantoms"]
 
     progress(
-        f"3/3 federation: {config.strategy}, {config.rounds} rounds on Flower's simulation runtime"
+        f"3/3 federation: {config.strategy}, {config.rounds} rounds on Flower's simulation "
+        f"runtime, {_privacy_phrase(config.privacy)}"
     )
     federation = FederationConfig(
         run_dir=config.out / "run",
@@ -92,6 +96,7 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
         seed=config.seed,
         strategy=StrategyConfig(name=config.strategy),
         training=TrainingConfig(local_epochs=config.local_epochs),
+        privacy=config.privacy,
         provenance=DataProvenance(
             description=(
                 f"phantom CT slices from `medfed phantoms` (seed {config.seed}): "
@@ -111,6 +116,18 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
         )
     )
     return result.evidence
+
+
+def _privacy_phrase(privacy: PrivacyConfig) -> str:
+    if privacy.mode == "none":
+        return "without differential privacy"
+    where = "DP-SGD at every site" if privacy.mode == "local" else "central DP at the coordinator"
+    budget = (
+        f"noise multiplier {privacy.noise_multiplier:g}"
+        if privacy.noise_multiplier
+        else f"epsilon {privacy.target_epsilon:g}"
+    )
+    return f"{where}, {budget}"
 
 
 def simulated_site_secret(seed: int, site_id: str) -> bytes:

@@ -21,6 +21,8 @@ from server.server_app import FederationConfig, build_server_app
 from server.sites import FederationError
 from simulations.baselines import train_pooled_centralized
 from site_client.client_app import build_client_app
+from site_client.ledger import PrivacyLedger
+from site_client.privacy import PrivacyRefused, ReleaseRequest, plan_release
 from site_client.store import SiteStore
 from task.runtime import apply_offline_environment
 from task.wire import POOLED_CENTRALIZED
@@ -47,11 +49,13 @@ def run_simulated_federation(
 ) -> SimulationResult:
     """Run the federated job ``config`` over ``site_dirs``.
 
-    Every store is opened first, so a missing or broken one fails before anything runs.
+    Every store is opened first, so a missing or broken one fails before anything runs,
+    and so does a federation in which every site's privacy budget is already spent.
     With ``pooled_baseline`` the pooled-centralized model is trained and evaluated too.
     """
     apply_offline_environment()
     stores = [SiteStore.open(Path(d)) for d in site_dirs]
+    _check_budgets(stores, config)
     config = replace(config, expected_sites=len(stores))
     timings: dict[str, float] = {}
     if pooled_baseline:
@@ -65,6 +69,7 @@ def run_simulated_federation(
             epochs,
             config.seed,
             config.run_dir / "checkpoints" / f"{POOLED_CENTRALIZED}.pt",
+            config.privacy,
         )
         config = replace(config, reference_models=((POOLED_CENTRALIZED, checkpoint),))
         timings["pooled-centralized baseline"] = time.perf_counter() - started
@@ -95,6 +100,40 @@ def run_simulated_federation(
     if not evidence.exists():
         raise FederationError(f"the federation ended without evidence: see {config.run_dir}")
     return SimulationResult(evidence, timings)
+
+
+def _check_budgets(stores: list[SiteStore], config: FederationConfig) -> None:
+    """Refuse at once a federation whose every site would refuse its first round.
+
+    Only a convenience of simulations, which can see the stores: the sites themselves
+    check every round, whatever the coordinator believes.
+    """
+    reasons = []
+    for store in stores:
+        n_train = sum(r.split == "train" for r in store.read_manifest())
+        epochs = config.rounds * config.training.local_epochs
+        try:
+            plan_release(
+                store.policy.privacy,
+                PrivacyLedger(store.root).entries(),
+                config.privacy,
+                ReleaseRequest(
+                    run_id="budget-check",
+                    round=1,
+                    phase="federated",
+                    seed=config.seed,
+                    epochs=config.training.local_epochs,
+                    planned_epochs=epochs * (2 if config.local_baselines else 1),
+                    n_train=max(n_train, 1),
+                    batch_size=config.training.batch_size,
+                ),
+                store.secret,
+            )
+        except PrivacyRefused as exc:
+            reasons.append(f"{store.site_id}: {exc}")
+        else:
+            return
+    raise FederationError("every site would refuse to train: " + "; ".join(reasons))
 
 
 def _quiet_flower(verbose: bool) -> None:

@@ -5,16 +5,21 @@ It answers the coordinator's messages (`task.wire`) from the site store:
 - ``query.profile``: the site id and case counts per split and scanner group.
 - ``train``: one federated round: local training from the global model.
 - ``train.local``: the local-only baseline: training from the initial model, alone.
+  Both train with DP-SGD when the run asks for DP at the sites; before training, the site
+  plans the release against its privacy ceiling and ledger (`site_client.privacy`) and
+  refuses (error code `task.privacy.PRIVACY_REFUSED`, with the reason) one it does not allow.
 - ``evaluate``: the global model's loss and score histograms on the test split.
 - ``evaluate.strata``: score histograms of one or more models per stratum.
 
 Every reply passes the site's egress guard (`site_client.egress`). A failure becomes an
-error reply with a one-line reason; the full traceback stays in the site's log.
+error reply with a one-line reason; the full traceback stays in the site's log. Evaluation
+never touches the privacy ledger: it releases no model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,10 +33,19 @@ from torch import nn
 from site_client.dataset import load_split
 from site_client.egress import EgressGuard
 from site_client.evaluation import class_histograms, stratified_histograms
+from site_client.ledger import PrivacyLedger
+from site_client.privacy import PlannedRelease, PrivacyRefused, ReleaseRequest, plan_release
 from site_client.store import SiteStore
 from site_client.training import mean_loss, predict_logits, train_model
 from task.config_record import from_config
 from task.model import ModelConfig, build_model
+from task.privacy import (
+    PLANNED_EPOCHS_KEY,
+    PRIVACY_PREFIX,
+    PRIVACY_REFUSED,
+    RUN_ID_KEY,
+    PrivacyConfig,
+)
 from task.training import TrainingConfig, derive_seed
 from task.wire import (
     ARRAYS,
@@ -90,6 +104,9 @@ def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
         def handle(msg: Message, context: Context) -> Message:
             try:
                 content = work(locator.store(context), msg.content)
+            except PrivacyRefused as exc:
+                LOG.warning("site refused %s: %s", msg.metadata.message_type, exc)
+                return Message(Error(PRIVACY_REFUSED, str(exc)), reply_to=msg)
             except Exception as exc:  # the coordinator gets one line; the site log the rest
                 LOG.exception("site failed to answer %s", msg.metadata.message_type)
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -132,25 +149,69 @@ def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict
     """Train the received model on the training split; reply with its weights and metrics.
 
     A federated round trains ``local-epochs`` epochs; the local-only baseline trains the
-    ``epochs`` its message asks for.
+    ``epochs`` its message asks for. The release is planned against the site's privacy
+    policy and ledger first (`PrivacyRefused` if the site does not allow it) and recorded
+    in the ledger before the reply leaves.
     """
     config = content[CONFIG]
     model_config = from_config(ModelConfig, config, MODEL_CONFIG_PREFIX)
+    training = from_config(TrainingConfig, config)
     model = _received_model(content[ARRAYS], model_config)
     data = load_split(store, "train", model_config.image_size)
-    seed = derive_seed(int(config[SEED_KEY]), int(config.get("server-round", 0)), store.site_id)
-    epochs = int(config[EPOCHS_KEY]) if local_only else None
+    server_round = int(config.get("server-round", 0))
+    run_seed = int(config[SEED_KEY])
+    epochs = int(config[EPOCHS_KEY]) if local_only else training.local_epochs
+    ledger = PrivacyLedger(store.root)
+    planned = plan_release(
+        store.policy.privacy,
+        ledger.entries(),
+        from_config(PrivacyConfig, config, PRIVACY_PREFIX),
+        ReleaseRequest(
+            run_id=str(config[RUN_ID_KEY]),
+            round=server_round,
+            phase="local-only" if local_only else "federated",
+            seed=run_seed,
+            epochs=epochs,
+            planned_epochs=int(config[PLANNED_EPOCHS_KEY]),
+            n_train=len(data),
+            batch_size=training.batch_size,
+        ),
+        store.secret,
+    )
     started = time.perf_counter()
-    stats = train_model(model, data, from_config(TrainingConfig, config), seed, epochs)
+    seed = derive_seed(run_seed, server_round, store.site_id)
+    stats = train_model(model, data, training, seed, epochs, planned.dpsgd)
+    if stats.steps != planned.entry.steps:
+        raise RuntimeError(f"trained {stats.steps} steps, planned {planned.entry.steps}")
+    ledger.append(planned.entry)
     metrics = MetricRecord(
         {
             NUM_EXAMPLES: stats.num_examples,
             "train-loss": stats.loss,
             "steps": stats.steps,
             "train-seconds": time.perf_counter() - started,
+            **privacy_metrics(planned),
         }
     )
     return RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: metrics})
+
+
+def privacy_metrics(planned: PlannedRelease) -> dict[str, float]:
+    """The privacy record of a release as it goes on the wire (`task.wire.DP_METRIC_KEYS`):
+    none without DP-SGD; the total over the site's earlier runs only while it is finite."""
+    if planned.dpsgd is None:
+        return {}
+    entry = planned.entry
+    metrics = {
+        "dp-epsilon": entry.epsilon_run,
+        "dp-delta": entry.delta,
+        "dp-noise-multiplier": entry.noise_multiplier,
+        "dp-sample-rate": entry.sample_rate,
+        "dp-max-grad-norm": entry.max_grad_norm,
+    }
+    if math.isfinite(entry.epsilon_total):
+        metrics["dp-epsilon-total"] = entry.epsilon_total
+    return metrics
 
 
 def evaluate_round(store: SiteStore, content: RecordDict) -> RecordDict:

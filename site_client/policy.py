@@ -1,10 +1,22 @@
-"""A site's policy: the settings a hospital controls, read from ``SITE/site.toml``."""
+"""A site's policy: the settings a hospital controls, read from ``SITE/site.toml``.
+
+```toml
+[site]
+site_id = "site-a"
+min_cell_size = 5
+
+[privacy]            # optional
+max_epsilon = 10.0   # the most privacy loss the site accepts, over all runs (no entry: no ceiling)
+delta = 1e-4         # the site's delta (default: 0.1 / number of training cases)
+```
+"""
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -18,16 +30,48 @@ class PolicyError(ValueError):
 
 
 @dataclass(frozen=True)
+class PrivacyPolicy:
+    """The site's privacy ceiling.
+
+    max_epsilon: the largest epsilon the site's data may ever have spent, over every run
+        (the privacy ledger composes them). None: no ceiling. With a ceiling the site
+        trains only with DP-SGD at the site, never without DP or with central DP.
+    delta: the site's delta; None: 0.1 / number of training cases (below 1/n, as DP needs).
+    """
+
+    max_epsilon: float | None = None
+    delta: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_epsilon is not None and not (
+            self.max_epsilon > 0 and math.isfinite(self.max_epsilon)
+        ):
+            raise PolicyError(f"max_epsilon must be positive and finite, got {self.max_epsilon}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise PolicyError(f"delta must be in (0, 1), got {self.delta}")
+
+    def delta_for(self, n_train: int) -> float:
+        """The delta to account at for a training split of ``n_train`` cases."""
+        return self.delta if self.delta is not None else DEFAULT_DELTA_SCALE / max(n_train, 1)
+
+
+#: Default delta = DEFAULT_DELTA_SCALE / n_train.
+DEFAULT_DELTA_SCALE = 0.1
+
+
+@dataclass(frozen=True)
 class SitePolicy:
     """What the site allows.
 
     site_id: the name the consortium knows the site by (letters, digits, ``_.-``).
     min_cell_size: strata with fewer test cases than this are suppressed: no result for
         them leaves the site.
+    privacy: the privacy ceiling (`PrivacyPolicy`, the ``[privacy]`` table).
     """
 
     site_id: str
     min_cell_size: int = 5
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
 
     def __post_init__(self) -> None:
         if not _SITE_ID.match(self.site_id):
@@ -47,23 +91,43 @@ def read_policy(site_dir: Path) -> SitePolicy:
         raise PolicyError(f"{path}: no site policy (is {site_dir} a site store?)") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML ({exc})") from exc
-    section = data.get("site")
-    if not isinstance(section, dict):
-        raise PolicyError(f"{path}: missing [site] table")
-    known = set(SitePolicy.__dataclass_fields__)
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise PolicyError(f"{path}: unknown key(s) in [site]: {', '.join(unknown)}")
+    unknown_tables = sorted(set(data) - {"site", "privacy"})
+    if unknown_tables:
+        raise PolicyError(f"{path}: unknown table(s): {', '.join(unknown_tables)}")
+    section = _table(data, "site", path, required=True)
+    privacy = _table(data, "privacy", path, required=False)
+    _check_keys(section, SitePolicy, "site", path, exclude=frozenset({"privacy"}))
+    _check_keys(privacy, PrivacyPolicy, "privacy", path)
     if "site_id" not in section:
         raise PolicyError(f"{path}: [site] needs site_id")
     try:
-        return SitePolicy(**section)
+        return SitePolicy(**section, privacy=PrivacyPolicy(**privacy))
     except TypeError as exc:
         raise PolicyError(f"{path}: {exc}") from exc
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc}") from exc
 
 
+def _table(data: dict, name: str, path: Path, required: bool) -> dict:
+    section = data.get(name, None if required else {})
+    if not isinstance(section, dict):
+        raise PolicyError(f"{path}: missing [{name}] table")
+    return section
+
+
+def _check_keys(
+    section: dict, cls: type, name: str, path: Path, exclude: frozenset[str] = frozenset()
+) -> None:
+    unknown = sorted((set(section) - set(cls.__dataclass_fields__)) | (set(section) & exclude))
+    if unknown:
+        raise PolicyError(f"{path}: unknown key(s) in [{name}]: {', '.join(unknown)}")
+
+
 def write_policy(site_dir: Path, policy: SitePolicy) -> None:
-    """Write ``policy`` to ``site_dir/site.toml``."""
-    (site_dir / POLICY_FILE).write_text(tomli_w.dumps({"site": asdict(policy)}), encoding="utf-8")
+    """Write ``policy`` to ``site_dir/site.toml`` (unset privacy values are left out)."""
+    site = {k: v for k, v in asdict(policy).items() if k != "privacy"}
+    document: dict = {"site": site}
+    privacy = {k: v for k, v in asdict(policy.privacy).items() if v is not None}
+    if privacy:
+        document["privacy"] = privacy
+    (site_dir / POLICY_FILE).write_text(tomli_w.dumps(document), encoding="utf-8")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from site_client.dataset import SiteData
+from site_client.privacy import DPSGD
 from task.training import TrainingConfig
 from task.transforms import augmentation
 
@@ -28,45 +33,103 @@ def train_model(
     config: TrainingConfig,
     seed: int,
     epochs: int | None = None,
+    dpsgd: DPSGD | None = None,
+    grad_sample_mode: str = "hooks",
 ) -> TrainStats:
     """Train ``model`` in place on ``data`` with Adam and binary cross-entropy.
 
     epochs defaults to ``config.local_epochs``. With ``config.proximal_mu > 0`` the FedProx
     proximal term mu/2 * ||w - w_start||^2 keeps the weights near those the model started
-    from (the global model of the round). The same seed gives the same result.
+    from (the global model of the round). With ``dpsgd`` it trains with DP-SGD (Opacus):
+    Poisson-sampled batches, each case's gradient clipped, Gaussian noise added to their
+    sum; the model keeps its own parameter names (no wrapper). grad_sample_mode is how
+    Opacus computes per-sample gradients ("hooks", "functorch", "ew"; a matter of speed).
+    The same seeds give the same result.
     """
     if len(data) == 0:
         raise ValueError("no training cases")
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     augment = augmentation(seed) if config.augment else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
     start = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else []
+    indices = DataLoader(
+        TensorDataset(torch.arange(len(data))),
+        batch_size=config.batch_size,
+        shuffle=dpsgd is None,
+        generator=torch.Generator().manual_seed(dpsgd.sampling_seed if dpsgd else seed),
+    )
+    private = None
+    if dpsgd is not None:
+        with warnings.catch_warnings():
+            # Opacus warns that secure_mode is off: our noise and sampling seeds are keyed
+            # with the site's secret (`site_client.privacy`), so no one else can predict them.
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine()
+        private = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=indices,
+            noise_multiplier=dpsgd.noise_multiplier,
+            max_grad_norm=dpsgd.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=torch.Generator().manual_seed(dpsgd.noise_seed),
+            wrap_model=False,
+            grad_sample_mode=grad_sample_mode,
+        )
+        hooks, optimizer, indices = private
+        if abs(optimizer.expected_batch_size - len(data) * dpsgd.sample_rate) >= 1:
+            raise RuntimeError("Opacus's sampling differs from the planned sample rate")
     model.train()
     steps = 0
     epoch_loss = 0.0
-    for _ in range(epochs or config.local_epochs):
-        order = torch.randperm(len(data), generator=generator)
-        total = 0.0
-        for batch in order.split(config.batch_size):
-            images = data.images[batch]
-            if augment is not None:
-                # One draw per batch: MONAI sees the batch as channels of one image.
-                images = augment(images.squeeze(1)).unsqueeze(1)
-            optimizer.zero_grad()
-            loss = loss_fn(model(images).squeeze(1), data.labels[batch])
-            total += loss.item() * len(batch)
-            if start:
-                proximal = sum(
-                    ((p - s) ** 2).sum() for p, s in zip(model.parameters(), start, strict=True)
-                )
-                loss = loss + config.proximal_mu / 2 * proximal
-            loss.backward()
-            optimizer.step()
-            steps += 1
-        epoch_loss = total / len(data)
+    try:
+        for _ in range(epochs or config.local_epochs):
+            total = 0.0
+            for (batch,) in indices:
+                images = data.images[batch]
+                if augment is not None and len(batch):
+                    # One draw per batch: MONAI sees the batch as channels of one image.
+                    images = augment(images.squeeze(1)).unsqueeze(1)
+                optimizer.zero_grad()
+                loss = loss_fn(model(images).squeeze(1), data.labels[batch])
+                total += loss.item() * len(batch) if len(batch) else 0.0
+                with warnings.catch_warnings():
+                    # Opacus's hooks on the first layer, whose input needs no gradient.
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
+                _step(optimizer, model, start, config.proximal_mu)
+                steps += 1
+            epoch_loss = total / len(data)
+    finally:
+        if private is not None:
+            hooks.cleanup()
     return TrainStats(loss=epoch_loss, num_examples=len(data), steps=steps)
+
+
+def _step(
+    optimizer: torch.optim.Optimizer, model: nn.Module, start: list[torch.Tensor], mu: float
+) -> None:
+    """One optimiser step, with the FedProx term's gradient mu * (w - w_start) added to the
+    (for DP-SGD: clipped and noised) data gradient. The term depends on no case, so it
+    needs neither clipping nor noise."""
+    if isinstance(optimizer, DPOptimizer):
+        if not optimizer.pre_step():  # clips and noises p.grad; False while accumulating
+            return
+        _add_proximal_gradient(model, start, mu)
+        optimizer.original_optimizer.step()
+    else:
+        _add_proximal_gradient(model, start, mu)
+        optimizer.step()
+
+
+def _add_proximal_gradient(model: nn.Module, start: list[torch.Tensor], mu: float) -> None:
+    if not start:
+        return
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), start, strict=True):
+            if p.grad is not None:
+                p.grad.add_(p - s, alpha=mu)
 
 
 @torch.no_grad()

@@ -63,8 +63,23 @@ PROFILE_KEYS = frozenset(
         "scanner-n-test",
     }
 )
+#: The privacy record of a release trained with DP-SGD at the site: this run's epsilon at
+#: the site after it, the site's total over every run (absent once unbounded: the store
+#: released a model trained without DP before), and the release's DP-SGD parameters.
+DP_METRIC_KEYS = frozenset(
+    {
+        "dp-epsilon",
+        "dp-epsilon-total",
+        "dp-delta",
+        "dp-noise-multiplier",
+        "dp-sample-rate",
+        "dp-max-grad-norm",
+    }
+)
 #: MetricRecord METRICS of MSG_TRAIN / MSG_TRAIN_LOCAL replies (with ArrayRecord ARRAYS).
-TRAIN_METRIC_KEYS = frozenset({NUM_EXAMPLES, "train-loss", "steps", "train-seconds"})
+TRAIN_METRIC_KEYS = (
+    frozenset({NUM_EXAMPLES, "train-loss", "steps", "train-seconds"}) | DP_METRIC_KEYS
+)
 #: MetricRecord METRICS of an MSG_EVALUATE reply: the site's whole test split. The
 #: histograms are absent when the split is smaller than the site's minimum cell size.
 EVALUATE_METRIC_KEYS = frozenset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,14 @@ class IngestedFederation:
 
     phantom_dirs: list[Path]
     site_dirs: list[Path]
+
+    def fresh_copies(self, root: Path) -> list[Path]:
+        """Copies of the site stores under ``root`` with no privacy spent (no ledger): for
+        tests that train, so that no test sees another's spend or noise."""
+        return [
+            Path(shutil.copytree(d, root / d.name, ignore=shutil.ignore_patterns("privacy-*")))
+            for d in self.site_dirs
+        ]
 
 
 @pytest.fixture(scope="session")

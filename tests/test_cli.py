@@ -140,11 +140,14 @@ def test_bring_your_own_dicom_folders(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = medfed(
         "simulate", "--site-dir", site_dirs[0], "--site-dir", site_dirs[1], "--out", run,
-        "--rounds", "2", "--local-epochs", "1",
+        "--rounds", "2", "--local-epochs", "1", "--epsilon", "inf",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "pooled" in result.stdout and "site hospital-a" in result.stdout
     evidence = json.loads((run / "evidence.json").read_text())
+    assert evidence["privacy"]["mode"] == "none"
+    assert evidence["privacy"]["guarantee"].startswith("no differential privacy")
+    assert all(s["privacy"]["epsilon"] is None for s in evidence["sites"])
     assert [s["id"] for s in evidence["sites"]] == ["hospital-a", "hospital-b"]
     assert evidence["run"]["data"]["simulated"] is False
     assert evidence["performance"]["pooled"]["n"] == sum(s["n_test"] for s in evidence["sites"])
@@ -152,13 +155,15 @@ def test_bring_your_own_dicom_folders(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
-    """The same seed twice: byte-identical phantoms and identical evidence metrics."""
+    """The same seed twice: byte-identical phantoms and identical evidence metrics, with
+    DP-SGD at epsilon 3 whose every site's epsilon an independent accountant confirms."""
     out = tmp_path / "demo"
     runs = []
     for _ in range(2):
         result = medfed(
-            "demo", "--out", out, "--sites", "2", "--cases-per-site", "40", "--rounds", "2"
-        )
+            "demo", "--out", out, "--sites", "2", "--cases-per-site", "40", "--rounds", "2",
+            "--epsilon", "3",
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "Cross-site AUC" in result.stdout
         assert "simulated" in result.stdout
@@ -173,6 +178,13 @@ def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
     assert first_files == second_files
     for key in ("performance", "cross_site", "baselines", "acceptance", "operating_point"):
         assert first[key] == second[key], key
+    assert first["privacy"]["mode"] == "local"
+    for site in first["sites"]:
+        privacy = site["privacy"]
+        assert 2.5 < privacy["epsilon"] <= 3.0
+        assert privacy["independent_check"]["agrees"], privacy["independent_check"]
+        assert privacy["epsilon"] >= privacy["independent_check"]["pld_epsilon"]
+        assert [h["stage"] for h in privacy["history"]] == ["local-only", "train", "train"]
     assert first["run"]["id"] != second["run"]["id"]
     assert sorted(p.name for p in out.iterdir()) == ["demo.json", "phantoms", "run", "sites"]
     (tmp_path / "other").mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from task.privacy import PrivacyConfig
 from task.wire import histogram_key
 from validation.evidence import EvidenceError, RunRecords, build_evidence, load_run, write_evidence
 from validation.metrics import ScoreHistogram, roc_auc
@@ -74,6 +76,10 @@ def _records(seed: int = 0, with_pooled: bool = True) -> tuple[RunRecords, dict[
             "seed": seed,
             "strategy": {"name": "fedavg"},
             "training": {"local_epochs": 2},
+            "privacy": {
+                **asdict(PrivacyConfig(mode="none")),
+                "guarantee": PrivacyConfig(mode="none").guarantee,
+            },
             "data": {"description": "test", "simulated": True},
         },
         "model": {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,14 @@ from conftest import IngestedFederation
 from pydicom.multival import MultiValue
 
 from server.server_app import DataProvenance, FederationConfig
+from server.sites import FederationError
 from server.strategies import StrategyConfig
 from simulations.federation import run_simulated_federation
+from site_client.ledger import PrivacyLedger
+from site_client.policy import PrivacyPolicy, write_policy
 from site_client.store import SiteStore
 from task.model import ModelConfig, build_model
+from task.privacy import PrivacyConfig
 from task.training import TrainingConfig
 from task.wire import (
     EVALUATE_METRIC_KEYS,
@@ -60,7 +64,8 @@ def _config(run_dir: Path, **changes: Any) -> FederationConfig:
 @pytest.fixture(scope="module")
 def run_dir(small_federation: IngestedFederation, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    run_simulated_federation(small_federation.site_dirs, _config(run), progress=lambda _: None)
+    sites = small_federation.fresh_copies(tmp_path_factory.mktemp("sites"))
+    run_simulated_federation(sites, _config(run), progress=lambda _: None)
     return run
 
 
@@ -216,8 +221,11 @@ def test_site_stores_hold_no_identifying_values(small_federation: IngestedFedera
 def test_same_seed_gives_the_same_metrics(
     run_dir: Path, small_federation: IngestedFederation, tmp_path: Path
 ) -> None:
+    """Fresh stores: the DP noise a site draws depends on its ledger, so that a second run
+    on the same store never reuses the first run's noise."""
     again = tmp_path / "again"
-    run_simulated_federation(small_federation.site_dirs, _config(again), progress=lambda _: None)
+    sites = small_federation.fresh_copies(tmp_path / "sites")
+    run_simulated_federation(sites, _config(again), progress=lambda _: None)
     first, second = _evidence(run_dir), _evidence(again)
     for key in ("performance", "cross_site", "baselines", "acceptance", "operating_point"):
         assert first[key] == second[key], key
@@ -232,9 +240,8 @@ def test_other_strategies_run_on_the_runtime(
     config = _config(
         tmp_path / strategy, rounds=1, strategy=StrategyConfig(name=strategy), local_baselines=False
     )
-    result = run_simulated_federation(
-        small_federation.site_dirs, config, pooled_baseline=False, progress=lambda _: None
-    )
+    sites = small_federation.fresh_copies(tmp_path / "sites")
+    result = run_simulated_federation(sites, config, pooled_baseline=False, progress=lambda _: None)
     evidence = json.loads(result.evidence.read_text())
     assert evidence["run"]["strategy"] == strategy
     assert evidence["cross_site"]["models"] == ["global"]
@@ -248,7 +255,7 @@ def test_other_strategies_run_on_the_runtime(
 def test_a_broken_site_is_left_out_with_its_reason_and_the_federation_goes_on(
     small_federation: IngestedFederation, tmp_path: Path
 ) -> None:
-    site_dirs = [Path(shutil.copytree(d, tmp_path / d.name)) for d in small_federation.site_dirs]
+    site_dirs = small_federation.fresh_copies(tmp_path)
     broken = SiteStore.open(site_dirs[1])
     train_case = next(r for r in broken.read_manifest() if r.split == "train")
     (broken.cases_dir / f"{train_case.case_id}.npy").unlink()
@@ -274,3 +281,69 @@ def test_a_broken_site_is_left_out_with_its_reason_and_the_federation_goes_on(
     assert round_one[broken.site_id]["test_loss"] > 0
     assert set(evidence["performance"]["by_site"]) == {healthy}
     assert evidence["cross_site"]["models"] == ["global", f"local-{healthy}"]
+
+
+def test_a_site_over_its_ceiling_is_skipped_and_a_spent_budget_refuses_the_next_run(
+    small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    site_dirs = small_federation.fresh_copies(tmp_path)
+    capped = SiteStore.open(site_dirs[0])
+    write_policy(capped.root, replace(capped.policy, privacy=PrivacyPolicy(max_epsilon=0.05)))
+    privacy = PrivacyConfig(target_epsilon=3.0)
+    config = _config(tmp_path / "run", rounds=2, privacy=privacy)
+    result = run_simulated_federation(
+        site_dirs, config, pooled_baseline=False, progress=lambda _: None
+    )
+    evidence = json.loads(result.evidence.read_text())
+    refusals = evidence["privacy_refusals"]
+    # Refused its local-only baseline and round 1, then was asked no more.
+    assert [(r["site"], r["stage"], r["round"]) for r in refusals] == [
+        (capped.site_id, "local-only", None),
+        (capped.site_id, "train", 1),
+    ]
+    assert all("ceiling of 0.05" in r["reason"] for r in refusals)
+    assert evidence["site_failures"] == []
+    sites = {s["id"]: s["privacy"] for s in evidence["sites"]}
+    assert sites[capped.site_id]["epsilon"] is None
+    other = site_dirs[1].name
+    assert sites[other]["epsilon"] <= 3.0
+    assert sites[other]["independent_check"]["agrees"]
+    # The capped site is still evaluated (evaluation spends no budget).
+    assert capped.site_id in evidence["performance"]["by_site"]
+    assert PrivacyLedger(capped.root).entries() == []
+
+    # The other site's ceiling is what it has now spent: the next run is refused outright.
+    spent = PrivacyLedger(site_dirs[1]).entries()[-1].epsilon_total
+    store = SiteStore.open(site_dirs[1])
+    write_policy(store.root, replace(store.policy, privacy=PrivacyPolicy(max_epsilon=spent)))
+    with pytest.raises(FederationError, match=r"every site would refuse to train: .*ceiling"):
+        run_simulated_federation(
+            site_dirs, replace(config, run_dir=tmp_path / "again"), progress=lambda _: None
+        )
+
+
+def test_central_dp_is_accounted_at_the_coordinator_and_labelled_as_such(
+    small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    site_dirs = small_federation.fresh_copies(tmp_path)
+    privacy = PrivacyConfig(mode="central", target_epsilon=5.0, clipping_norm=5.0)
+    config = _config(tmp_path / "run", rounds=2, privacy=privacy)
+    result = run_simulated_federation(
+        site_dirs, config, pooled_baseline=False, progress=lambda _: None
+    )
+    evidence = json.loads(result.evidence.read_text())
+    central = evidence["privacy"]
+    assert central["mode"] == "central"
+    assert "site-level" in central["guarantee"] and "coordinator" in central["guarantee"]
+    assert [h["round"] for h in central["history"]] == [1, 2]
+    assert 4.9 <= central["epsilon"] <= 5.0
+    assert central["history"][0]["epsilon"] < central["epsilon"]
+    # No local-only models: they would reach the other sites with no noise at all.
+    assert evidence["cross_site"]["models"] == ["global"]
+    for site in evidence["sites"]:
+        assert site["privacy"]["epsilon"] is None
+        assert "central DP at the coordinator" in site["privacy"]["mechanism"]
+    # The sites trained without DP-SGD: their ledgers say so (unbounded record-level loss).
+    for site_dir in site_dirs:
+        entries = PrivacyLedger(site_dir).entries()
+        assert [e.noise_multiplier for e in entries] == [0.0, 0.0]

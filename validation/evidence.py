@@ -35,6 +35,7 @@ from validation.metrics import (
     threshold_probability,
     youden_threshold,
 )
+from validation.privacy import run_privacy, site_privacy
 
 SCHEMA_VERSION = "1.0"
 EVIDENCE_FILE = "evidence.json"
@@ -102,6 +103,12 @@ def build_evidence(records: RunRecords) -> dict[str, Any]:
     threshold = youden_threshold(train_pooled)
 
     models = list(run["models"])
+    privacy = run["run"]["privacy"]
+    sites = [
+        _site_entry(s)
+        | {"privacy": site_privacy(s["id"], privacy["mode"], privacy["accountant"], records.rounds)}
+        for s in run["sites"]
+    ]
     evidence: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run": {
@@ -120,7 +127,11 @@ def build_evidence(records: RunRecords) -> dict[str, Any]:
             "checkpoint": final["file"],
         },
         "checkpoints": run["checkpoints"],
-        "sites": [_site_entry(s) for s in run["sites"]],
+        "privacy": run_privacy(privacy, records.rounds),
+        "sites": sites,
+        "privacy_refusals": [
+            {"site": s["id"], **refusal} for s in sites for refusal in s["privacy"]["refusals"]
+        ],
         "operating_point": {
             "threshold": threshold_probability(threshold),
             "method": "Youden's J on the global model's score histograms of all sites' "
@@ -302,15 +313,6 @@ def _site_entry(site: dict[str, Any]) -> dict[str, Any]:
         "scanners": {
             name: s["n_train"] + s["n_test"] for name, s in sorted(site["scanners"].items())
         },
-        "privacy": {
-            "epsilon": None,
-            "delta": None,
-            "noise_multiplier": None,
-            "sample_rate": None,
-            "steps": None,
-            "accountant": None,
-            "mechanism": "none: trained without differential privacy",
-        },
     }
 
 
@@ -326,12 +328,18 @@ def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             record["pooled_auc"] = entry.get("pooled-auc")
             record["test_loss"] = entry.get("test-loss")
             continue
+        if entry["phase"] == "central-dp":
+            record["central_dp_epsilon"] = entry["epsilon"]
+            continue
         site = record["sites"].setdefault(entry["site"], {})
         if "error" in entry:
             site[f"{entry['phase']}_error"] = entry["error"]
+        elif "refused" in entry:
+            site["refused"] = entry["refused"]
         elif entry["phase"] == "train":
             site["train_loss"] = entry["metrics"]["train-loss"]
             site["train_seconds"] = entry["metrics"]["train-seconds"]
+            site["epsilon"] = entry["metrics"].get("dp-epsilon")
         else:
             site["test_loss"] = entry["metrics"]["test-loss"]
             site["evaluate_seconds"] = entry["metrics"]["evaluate-seconds"]

@@ -28,6 +28,33 @@ def _value(cell: float | None) -> str:
     return "  n/a" if cell is None else f"{cell:5.3f}"
 
 
+def _privacy_lines(evidence: dict[str, Any]) -> list[str]:
+    privacy = evidence["privacy"]
+    lines = [f"Privacy: {privacy['mode']}: {privacy['guarantee']}"]
+    if privacy["mode"] == "central" and privacy.get("epsilon") is not None:
+        lines.append(
+            f"  global models: epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:.2g}, "
+            f"noise multiplier {privacy['noise_multiplier']:.3f} ({privacy['accountant']})"
+        )
+    for site in evidence["sites"]:
+        record = site["privacy"]
+        if record["epsilon"] is not None:
+            check = record["independent_check"]
+            agrees = "agrees" if check["agrees"] else "DISAGREES"
+            lines.append(
+                f"  site {site['id']}: epsilon {record['epsilon']:.3f} at delta "
+                f"{record['delta']:.2g}, noise {record['noise_multiplier']:.3f}, "
+                f"{record['steps']} steps; {check['library']} {agrees} "
+                f"(RDP {check['rdp_epsilon']:.3f}, PLD {check['pld_epsilon']:.3f})"
+            )
+        for refusal in record["refusals"]:
+            when = f" round {refusal['round']}" if refusal["round"] else ""
+            lines.append(
+                f"! site {site['id']} refused {refusal['stage']}{when}: {refusal['reason']}"
+            )
+    return lines
+
+
 def format_summary(evidence: dict[str, Any]) -> str:
     """Per-site and per-scanner results of the global model, the baselines, the cross-site
     matrix and the acceptance criteria, as lines of text."""
@@ -78,7 +105,7 @@ def format_summary(evidence: dict[str, Any]) -> str:
             "",
             f"Pooled-centralized baseline, pooled test AUC: {_interval(centralized['auc'])}",
         ]
-    lines += ["", "Acceptance"]
+    lines += ["", *_privacy_lines(evidence), "", "Acceptance"]
     for entry in evidence["acceptance"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a "}[entry["passed"]]
         value = "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
