@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IngestedFederation
 from dicom_factory import CtSpec, truncate_in_pixel_data, write_ct
 
-COMMANDS = ["demo", "phantoms", "deid", "site", "site ingest", "simulate"]
+COMMANDS = ["demo", "phantoms", "deid", "site", "site ingest", "site budget", "simulate"]
 
 
 def medfed(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -42,6 +43,10 @@ def test_every_command_has_help(command: str) -> None:
         ["demo", "--strategy", "fedsomething"],
         ["phantoms"],  # no --out
         ["simulate", "--site-dir", "a", "--out", "run"],  # a federation of one
+        ["demo", "--epsilon", "0"],
+        ["demo", "--epsilon", "-3"],
+        ["demo", "--accountant", "moments"],
+        ["demo", "--epsilon", "inf", "--noise-multiplier", "1.2"],
     ],
 )
 def test_bad_usage_exits_2(args: list[str], tmp_path: Path) -> None:
@@ -218,3 +223,32 @@ def test_deid_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     bad = medfed("deid", tmp_path / "in", tmp_path / "out3", "--key", key)
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == [f"medfed: error: {key}: secret file must hold hex"]
+
+
+def test_site_budget_shows_and_sets_the_ceiling_and_refuses_a_damaged_ledger(
+    small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    from site_client.ledger import LEDGER_FILE, LedgerEntry, PrivacyLedger
+
+    site = small_federation.fresh_copies(tmp_path)[0]
+    for round_ in (1, 2):
+        PrivacyLedger(site).append(
+            LedgerEntry(
+                run_id="run-x", round=round_, phase="federated", steps=20, sample_rate=0.25,
+                noise_multiplier=1.0, max_grad_norm=1.0, accountant="rdp", delta=1e-3,
+                epsilon_run=0.0, epsilon_total=0.0, time="2026-11-29T00:00:00+00:00",
+            )
+        )  # fmt: skip
+    result = medfed("site", "budget", "--site-dir", site, "--max-epsilon", "10")
+    assert result.returncode == 0, result.stderr
+    assert f"site {site.name}: ceiling epsilon 10 at delta" in result.stdout
+    assert "ledger: 2 releases, chain intact" in result.stdout
+    assert "recomputed by dp-accounting" in result.stdout
+    assert "remaining: epsilon" in result.stdout
+    assert "max_epsilon = 10" in (site / "site.toml").read_text()
+
+    ledger = site / LEDGER_FILE
+    ledger.write_text(ledger.read_text().replace('"steps": 20', '"steps": 2', 1))
+    result = medfed("site", "budget", "--site-dir", site)
+    assert result.returncode == 1
+    assert "hash mismatch" in result.stderr and "Traceback" not in result.stderr
