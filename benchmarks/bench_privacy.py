@@ -5,8 +5,8 @@
    global model's pooled test AUC, the pooled-centralized baseline's (trained with DP-SGD at
    the same epsilon) and each site's reported and independently recomputed epsilon.
 2. Speed: the time of one DP-SGD step (per-sample gradients, clipping, noise) over one plain
-   step, for the default model and batch on the largest site's training split, for each
-   of Opacus's per-sample gradient modes that the model supports.
+   step, for each model with its recipe's batch on the largest site's training split, for
+   each of Opacus's per-sample gradient modes that the model supports.
 
 Prints a Markdown report for docs/benchmarks.md.
 
@@ -23,19 +23,20 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from simulations.demo import DemoConfig, run_demo
-from site_client.dataset import load_split
+from site_client.dataset import SiteData, load_split
 from site_client.policy import PrivacyPolicy
 from site_client.privacy import ReleaseRequest, plan_release
 from site_client.store import SiteStore
 from site_client.training import train_model
-from task.model import ModelConfig, build_model
+from task.model import ARCHITECTURES, ModelConfig, build_model
 from task.privacy import PrivacyConfig
-from task.training import TrainingConfig
+from task.training import TrainingConfig, recipe
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 
@@ -83,42 +84,50 @@ def quality(out: Path, epsilons: list[float], progress: Any) -> tuple[list[str],
 
 
 def step_times(site_dir: Path, steps: int) -> list[str]:
-    """Mean time per step with and without DP-SGD, per grad-sample mode."""
+    """Mean time per step with and without DP-SGD, per model and grad-sample mode, each
+    model with its own recipe (batch size) and augmentation off."""
     store = SiteStore.open(site_dir)
-    training = TrainingConfig(augment=False)
-    data = load_split(store, "train", ModelConfig().image_size)
-    planned = plan_release(
-        PrivacyPolicy(),
-        [],
-        PrivacyConfig(),
-        ReleaseRequest("bench", 1, "federated", 0, 1, 40, len(data), training.batch_size),
-        store.secret,
-    )
-    epochs = max(1, round(steps / planned.entry.steps))
-
-    def seconds_per_step(**kwargs: Any) -> float:
-        model = build_model(ModelConfig(), seed=0)
-        started = time.perf_counter()
-        stats = train_model(model, data, training, seed=0, epochs=epochs, **kwargs)
-        return (time.perf_counter() - started) / stats.steps
-
-    plain = seconds_per_step()
     lines = [
-        f"Site {store.site_id}: {len(data)} training cases, batch {training.batch_size}, "
-        f"{epochs} epochs, augmentation off.",
+        f"Site {store.site_id}; each figure the mean over about {steps} steps.",
         "",
-        "| training | ms per step | over plain |",
-        "| --- | ---: | ---: |",
-        f"| plain (Adam) | {plain * 1000:.1f} | 1.00 |",
+        "| model, batch | training | ms per step | over plain |",
+        "| --- | --- | ---: | ---: |",
     ]
-    for mode in GRAD_SAMPLE_MODES:
-        try:
-            dp = seconds_per_step(dpsgd=planned.dpsgd, grad_sample_mode=mode)
-        except Exception as exc:  # a mode the model's layers do not support
-            lines.append(f"| DP-SGD, {mode} | not supported: {str(exc).splitlines()[0]} | |")
-            continue
-        lines.append(f"| DP-SGD, {mode} | {dp * 1000:.1f} | {dp / plain:.2f} |")
+    for architecture in ARCHITECTURES:
+        model_config = ModelConfig(architecture=architecture)
+        training = replace(recipe(architecture), augment=False)
+        data = load_split(store, "train", model_config.image_size)
+        planned = plan_release(
+            PrivacyPolicy(),
+            [],
+            PrivacyConfig(),
+            ReleaseRequest("bench", 1, "federated", 0, 1, 40, len(data), training.batch_size),
+            store.secret,
+        )
+        epochs = max(1, round(steps / planned.entry.steps))
+
+        setting = (model_config, data, training, epochs)
+        plain = _seconds_per_step(*setting)
+        label = f"{architecture}, {training.batch_size}"
+        lines.append(f"| {label} | plain (Adam) | {plain * 1000:.1f} | 1.00 |")
+        for mode in GRAD_SAMPLE_MODES:
+            try:
+                dp = _seconds_per_step(*setting, dpsgd=planned.dpsgd, grad_sample_mode=mode)
+            except Exception as exc:  # a mode the model's layers do not support
+                reason = str(exc).splitlines()[0][:80]
+                lines.append(f"| {label} | DP-SGD, {mode} | not supported: {reason} | |")
+                continue
+            lines.append(f"| {label} | DP-SGD, {mode} | {dp * 1000:.1f} | {dp / plain:.2f} |")
     return lines
+
+
+def _seconds_per_step(
+    model_config: ModelConfig, data: SiteData, training: TrainingConfig, epochs: int, **kwargs: Any
+) -> float:
+    model = build_model(model_config, seed=0)
+    started = time.perf_counter()
+    stats = train_model(model, data, training, seed=0, epochs=epochs, **kwargs)
+    return (time.perf_counter() - started) / stats.steps
 
 
 def main() -> None:
@@ -137,8 +146,8 @@ def main() -> None:
     largest = max(sites.iterdir(), key=lambda d: len(list((d / "store" / "cases").iterdir())))
     print(
         f"Run on {datetime.now(UTC).date()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; demo defaults ({DemoConfig().rounds} rounds x "
-        f"{DemoConfig().local_epochs} epochs, seed 0)\n"
+        f"Python {platform.python_version()}; demo defaults ({DemoConfig().model} model, "
+        f"{DemoConfig().rounds} rounds, its recipe {recipe(DemoConfig().model)}, seed 0)\n"
     )
     print("\n".join(table))
     print()

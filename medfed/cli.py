@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 #: server.strategies.STRATEGY_NAMES, repeated so that --help need not import Flower
 #: (tests/test_cli.py checks that the two agree).
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
+#: task.model.ARCHITECTURES' names, for the same reason.
+MODELS = ("blob", "cnn")
 
 
 def _positive_int(text: str) -> int:
@@ -128,6 +130,19 @@ def _privacy_config(args: argparse.Namespace) -> PrivacyConfig:
 
 
 def _add_federation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="blob",
+        help="blob: fixed blob detectors and 257 trainable parameters, made for DP; cnn: a "
+        "small CNN (needs far more data under DP) (default: blob)",
+    )
+    parser.add_argument(
+        "--local-epochs",
+        type=_positive_int,
+        metavar="E",
+        help="epochs per round (default: the model's recipe: blob 1, cnn 4)",
+    )
     parser.add_argument(
         "--rounds",
         type=_positive_int,
@@ -274,9 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory")
     simulate.add_argument(
-        "--local-epochs", type=_positive_int, default=4, help="epochs per round (default: 4)"
-    )
-    simulate.add_argument(
         "--no-pooled-baseline", action="store_true", help="skip the pooled-centralized baseline"
     )
     simulate.add_argument(
@@ -307,6 +319,8 @@ def _demo(args: argparse.Namespace) -> None:
         seed=args.seed,
         strategy=args.strategy,
         cases_per_site=args.cases_per_site,
+        model=args.model,
+        local_epochs=args.local_epochs,
         privacy=_privacy_config(args),
     )
     _print_evidence(run_demo(config, progress=_say))
@@ -434,7 +448,8 @@ def _simulate(args: argparse.Namespace) -> None:
     from server.server_app import DataProvenance, FederationConfig
     from server.strategies import StrategyConfig
     from simulations.federation import run_simulated_federation
-    from task.training import TrainingConfig
+    from task.model import ModelConfig
+    from task.training import recipe
 
     if len(args.site_dir) < 2:
         raise _Usage("a federation needs at least two --site-dir")
@@ -447,7 +462,8 @@ def _simulate(args: argparse.Namespace) -> None:
         rounds=args.rounds,
         seed=args.seed,
         strategy=StrategyConfig(name=args.strategy),
-        training=TrainingConfig(local_epochs=args.local_epochs),
+        training=recipe(args.model, args.local_epochs),
+        model=ModelConfig(architecture=args.model),
         privacy=_privacy_config(args),
         provenance=provenance,
     )

@@ -33,7 +33,7 @@ from server.records import ROUNDS_FILE, WIRE_FILE, AuditedGrid, JsonLines
 from server.sites import FederationError, SiteProfile, discover_sites
 from server.strategies import RecordingStrategy, StrategyConfig, make_strategy
 from task.config_record import to_config
-from task.model import ARCHITECTURE, ModelConfig, build_model, count_parameters
+from task.model import ARCHITECTURES, ModelConfig, build_model, count_parameters
 from task.privacy import (
     PLANNED_EPOCHS_KEY,
     PRIVACY_PREFIX,
@@ -331,7 +331,7 @@ class FederatedJob:
                 "data": asdict(config.provenance),
             },
             "model": {
-                "architecture": ARCHITECTURE,
+                "architecture": ARCHITECTURES[config.model.architecture],
                 "config": asdict(config.model),
                 "parameters": count_parameters(model),
                 "final_checkpoint": final_name,

@@ -26,8 +26,9 @@ from simulations.federation import run_simulated_federation
 from simulations.phantoms import write_phantom_federation
 from site_client.ingest import ingest_site
 from site_client.store import SiteStore
+from task.model import ModelConfig
 from task.privacy import PrivacyConfig
-from task.training import TrainingConfig
+from task.training import recipe
 
 DEMO_MARKER = "demo.json"
 
@@ -40,8 +41,9 @@ class DemoError(RuntimeError):
 class DemoConfig:
     """What `medfed demo` runs: ``sites`` phantom hospitals, a federation of ``rounds``
     rounds of ``local_epochs`` epochs with ``strategy``, all seeded by ``seed``;
-    ``cases_per_site`` overrides the sites' varied sizes (quick runs). ``privacy``: DP-SGD
-    at every site, epsilon 8 per site, by default."""
+    ``cases_per_site`` overrides the sites' varied sizes (quick runs). ``model``: the
+    architecture, trained with its recipe (`task.training.RECIPES`); ``local_epochs``
+    overrides the recipe's. ``privacy``: DP-SGD at every site, epsilon 8, by default."""
 
     out: Path = Path("medfed-demo")
     sites: int = 4
@@ -49,7 +51,8 @@ class DemoConfig:
     seed: int = 0
     strategy: str = "fedavg"
     cases_per_site: int | None = None
-    local_epochs: int = 4
+    model: str = "blob"
+    local_epochs: int | None = None
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
@@ -87,15 +90,16 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
     timings["ingest"] = time.perf_counter() - started - timings["phantoms"]
 
     progress(
-        f"3/3 federation: {config.strategy}, {config.rounds} rounds on Flower's simulation "
-        f"runtime, {_privacy_phrase(config.privacy)}"
+        f"3/3 federation: {config.model} model, {config.strategy}, {config.rounds} rounds on "
+        f"Flower's simulation runtime, {_privacy_phrase(config.privacy)}"
     )
     federation = FederationConfig(
         run_dir=config.out / "run",
         rounds=config.rounds,
         seed=config.seed,
         strategy=StrategyConfig(name=config.strategy),
-        training=TrainingConfig(local_epochs=config.local_epochs),
+        training=recipe(config.model, config.local_epochs),
+        model=ModelConfig(architecture=config.model),
         privacy=config.privacy,
         provenance=DataProvenance(
             description=(

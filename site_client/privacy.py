@@ -19,8 +19,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
-from opacus.accountants import create_accountant
+import numpy as np
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
 from site_client.ledger import LedgerEntry
@@ -78,24 +81,51 @@ def epsilon_spent(
 ) -> float:
     """Epsilon at ``delta`` of the composition of ``releases`` (noise multiplier, sample rate,
     steps), by Opacus's ``accountant`` ("rdp" or "prv"). 0 for none; inf if any release
-    had no noise."""
+    had no noise.
+
+    Releases with the same noise and sample rate compose as one with their steps summed
+    (exactly, for both accountants). For RDP this is Opacus's RDPAccountant computation
+    itself (its analysis functions and default orders), with the per-step RDP of each
+    (noise, sample rate) cached, since a site accounts the same pair every round.
+    """
     if not releases:
         return 0.0
     if any(noise == 0 for noise, _, _ in releases):
         return math.inf
-    account = create_accountant(mechanism=accountant)
-    account.history = [(float(z), float(q), int(steps)) for z, q, steps in releases]
+    merged: dict[tuple[float, float], int] = {}
+    for noise, rate, steps in releases:
+        key = (float(noise), float(rate))
+        merged[key] = merged.get(key, 0) + int(steps)
     with _quiet_orders():
-        if accountant == "prv":
-            return float(account.get_epsilon(delta=delta, eps_error=PRV_EPSILON_ERROR))
-        return float(account.get_epsilon(delta=delta))
+        if accountant == "rdp":
+            rdp = sum(
+                np.asarray(_rdp_of_one_step(noise, rate)) * steps
+                for (noise, rate), steps in merged.items()
+            )
+            epsilon, _ = rdp_analysis.get_privacy_spent(
+                orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
+            )
+            return float(epsilon)
+        account = create_accountant(mechanism=accountant)
+        account.history = [(noise, rate, steps) for (noise, rate), steps in merged.items()]
+        return float(account.get_epsilon(delta=delta, eps_error=PRV_EPSILON_ERROR))
 
 
+@lru_cache(maxsize=4096)
+def _rdp_of_one_step(noise: float, sample_rate: float) -> tuple[float, ...]:
+    rdp = rdp_analysis.compute_rdp(
+        q=sample_rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
+    )
+    return tuple(float(v) for v in rdp)
+
+
+@lru_cache(maxsize=256)
 def noise_for_epsilon(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
 ) -> float:
     """The smallest noise multiplier (to `EPSILON_TOLERANCE`) with which ``steps`` steps at
-    ``sample_rate`` spend at most ``target_epsilon`` at ``delta``."""
+    ``sample_rate`` spend at most ``target_epsilon`` at ``delta`` (Opacus's search; cached,
+    since every round of a run asks the same)."""
     with _quiet_orders():
         return float(
             get_noise_multiplier(
@@ -111,8 +141,8 @@ def noise_for_epsilon(
 
 @contextmanager
 def _quiet_orders() -> Iterator[None]:
-    """Opacus's RDP accountant warns when its largest order is the best one: the epsilon
-    is then a valid but slightly loose bound, which is safe to report."""
+    """Opacus's RDP analysis warns when its largest order is the best one: the epsilon is
+    then a valid but slightly loose bound, which is safe to report."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         yield

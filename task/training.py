@@ -7,7 +7,7 @@ site trains with the same settings and the run directory records them.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,6 +38,21 @@ class TrainingConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.proximal_mu < 0:
             raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+
+
+#: The training settings each architecture was tuned with (docs/benchmarks.md): the blob
+#: model's 257 parameters learn in few large, fast steps and gain nothing from flips or
+#: quarter turns (it is invariant to them); the CNN needs many small ones.
+RECIPES = {
+    "blob": TrainingConfig(local_epochs=1, batch_size=64, learning_rate=0.1, augment=False),
+    "cnn": TrainingConfig(local_epochs=4, batch_size=16, learning_rate=1e-3, augment=True),
+}
+
+
+def recipe(architecture: str, local_epochs: int | None = None) -> TrainingConfig:
+    """The tuned `TrainingConfig` of ``architecture``, with ``local_epochs`` if given."""
+    base = RECIPES[architecture]
+    return base if local_epochs is None else replace(base, local_epochs=local_epochs)
 
 
 def derive_seed(*parts: int | str) -> int:

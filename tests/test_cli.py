@@ -200,11 +200,14 @@ def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
     assert (tmp_path / "other" / "thesis.docx").read_text() == "precious"
 
 
-def test_cli_strategy_choices_are_the_servers() -> None:
-    from medfed.cli import STRATEGIES
+def test_cli_strategy_and_model_choices_are_the_packages() -> None:
+    from medfed.cli import MODELS, STRATEGIES
     from server.strategies import STRATEGY_NAMES
+    from task.model import ARCHITECTURES
+    from task.training import RECIPES
 
     assert STRATEGIES == STRATEGY_NAMES
+    assert set(MODELS) == set(ARCHITECTURES) == set(RECIPES)
 
 
 def test_deid_key_file_is_created_private_and_reused(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from task.wire import (
     histogram_key,
 )
 
-SMALL = ModelConfig(image_size=16, channels=(4, 8), norm_groups=2)
+SMALL = ModelConfig(architecture="cnn", image_size=16, channels=(4, 8), norm_groups=2)
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import IngestedFederation
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from opacus.accountants import create_accountant
 
 from site_client.client_app import evaluate_round, evaluate_strata, train
 from site_client.dataset import load_split
@@ -111,6 +112,17 @@ def test_an_underreported_epsilon_fails_the_independent_check() -> None:
     recomputed = recompute_epsilon([(1.0, 0.05, 400)], 1e-4)
     assert not check_reported_epsilon(recomputed["pld_epsilon"] * 0.9, "prv", recomputed)["agrees"]
     assert not check_reported_epsilon(recomputed["rdp_epsilon"] * 1.2, "rdp", recomputed)["agrees"]
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_epsilon_is_opacus_accountants_own_over_the_whole_history(accountant: str) -> None:
+    history = [(1.3, 0.1, 10), (1.8, 0.05, 30), (1.3, 0.1, 10)]
+    account = create_accountant(mechanism=accountant)
+    account.history = history
+    expected = account.get_epsilon(delta=1e-4)
+    assert epsilon_spent(history, 1e-4, accountant) == pytest.approx(expected, rel=1e-2)
+    if accountant == "rdp":
+        assert epsilon_spent(history, 1e-4, accountant) == pytest.approx(expected, rel=1e-12)
 
 
 def test_releases_compose_and_a_release_without_noise_is_unbounded() -> None:

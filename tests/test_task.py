@@ -12,28 +12,52 @@ from task.model import ModelConfig, build_model
 from task.training import TrainingConfig, derive_seed
 from task.transforms import augmentation, preprocess_all
 
+ARCHITECTURES = ["blob", "cnn"]
 
-def test_model_maps_images_to_one_logit_and_uses_no_batchnorm() -> None:
-    model = build_model(ModelConfig(), seed=0)
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_model_maps_images_to_one_logit_and_is_opacus_clean(architecture: str) -> None:
+    model = build_model(ModelConfig(architecture=architecture), seed=0)
     out = model(torch.zeros(3, 1, 64, 64))
     assert out.shape == (3, 1)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    assert ModuleValidator.validate(model, strict=False) == []
+    assert ModuleValidator.validate(model, strict=True) == []
 
 
-def test_same_seed_gives_same_initial_weights() -> None:
-    a = build_model(ModelConfig(), seed=3).state_dict()
-    b = build_model(ModelConfig(), seed=3).state_dict()
-    c = build_model(ModelConfig(), seed=4).state_dict()
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_same_seed_gives_same_initial_weights(architecture: str) -> None:
+    config = ModelConfig(architecture=architecture)
+    a = build_model(config, seed=3).state_dict()
+    b = build_model(config, seed=3).state_dict()
+    c = build_model(config, seed=4).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_blob_model_sends_only_its_trainable_weights_and_finds_a_dark_spot() -> None:
+    model = build_model(ModelConfig(), seed=0)
+    assert set(model.state_dict()) == {"head.weight", "head.bias", "mix.weight", "mix.bias"}
+    assert sum(p.numel() for p in model.parameters()) == 257
+    organ = torch.full((1, 1, 64, 64), 0.6)
+    lesion = organ.clone()
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    lesion[0, 0][(yy - 30) ** 2 + (xx - 25) ** 2 <= 9] = 0.3
+    dark = model.bank(torch.cat([organ, lesion]))[:, : len(model.bank.SCALES)]
+    assert float(dark[0].max()) < 1e-5  # a flat organ has no blob
+    assert float(dark[1].max()) > 0.5  # the dark disc does
+    flipped = model(torch.flip(lesion, dims=(3,)))
+    torch.testing.assert_close(model(lesion), flipped)
+
+
 def test_model_config_rejects_shapes_that_do_not_fit() -> None:
     with pytest.raises(ValueError, match="divisible"):
-        ModelConfig(image_size=60)
+        ModelConfig(architecture="cnn", image_size=60)
     with pytest.raises(ValueError, match="norm_groups"):
-        ModelConfig(channels=(6, 12, 24, 48), norm_groups=4)
+        ModelConfig(architecture="cnn", channels=(6, 12, 24, 48), norm_groups=4)
+    with pytest.raises(ValueError, match="at least 20"):
+        ModelConfig(image_size=16)
+    with pytest.raises(ValueError, match="architecture must be one of blob, cnn"):
+        ModelConfig(architecture="vit")
 
 
 def test_preprocessing_resizes_and_scales_any_scanner_units() -> None:
@@ -58,7 +82,7 @@ def test_augmentation_is_seeded() -> None:
 
 def test_settings_survive_the_trip_through_a_config_record() -> None:
     training = TrainingConfig(local_epochs=3, batch_size=8, learning_rate=0.01, proximal_mu=0.1)
-    model = ModelConfig(image_size=32, channels=(8, 16), norm_groups=2)
+    model = ModelConfig(architecture="cnn", image_size=32, channels=(8, 16), norm_groups=2)
     flat = {**to_config(training), **to_config(model, "model-"), "server-round": 4}
     assert flat["model-channels"] == [8, 16]
     assert from_config(TrainingConfig, flat) == training
