@@ -148,6 +148,15 @@ def test_run_noise_keeps_every_planned_release_within_the_target(tmp_path: Path)
         plan_release(PrivacyPolicy(), entries, privacy, _request("run-1", 6), SECRET)
 
 
+def test_a_fixed_noise_multiplier_is_used_as_given_and_accounted(tmp_path: Path) -> None:
+    privacy = PrivacyConfig(noise_multiplier=1.5)
+    planned = plan_release(PrivacyPolicy(), [], privacy, _request(), SECRET)
+    assert planned.dpsgd is not None and planned.dpsgd.noise_multiplier == 1.5
+    sample_rate, steps_per_epoch = poisson_sampling(100, 16)
+    expected = epsilon_spent([(1.5, sample_rate, 2 * steps_per_epoch)], 1e-3, "rdp")
+    assert planned.entry.epsilon_run == pytest.approx(expected)
+
+
 def test_a_ceiling_smaller_than_one_round_refuses_it(tmp_path: Path) -> None:
     policy = PrivacyPolicy(max_epsilon=0.05)
     with pytest.raises(PrivacyRefused, match=r"over its ceiling of 0\.05"):
