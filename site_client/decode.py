@@ -1,5 +1,10 @@
 """Reading DICOM files and decoding their pixels into images in modality units.
 
+Compressed transfer syntaxes are decoded by pydicom's pixel data plugins: GDCM (JPEG
+baseline, extended 8-bit and lossless, JPEG-LS, JPEG 2000, RLE) and pylibjpeg with
+OpenJPEG (JPEG 2000). 12-bit JPEG Extended needs pylibjpeg-libjpeg, which is GPL-licensed
+and therefore not a dependency: such files are quarantined unless a site installs it.
+
 `decode_image` gives every image the same meaning: pixel values after the modality LUT
 (Hounsfield units for CT) and MONOCHROME2 polarity (higher is brighter). What it cannot
 decode raises `DecodeError` with a category (for quarantine counts) and a one-line reason.
@@ -89,7 +94,8 @@ def decode_image(ds: Dataset) -> np.ndarray:
             lo, hi = _output_range(ds)
             image = (lo + hi) - image
     except Exception as exc:  # missing decoder plugins, corrupt streams, malformed LUTs, ...
-        raise DecodeError(DecodeProblem.UNDECODABLE, one_line(exc)) from exc
+        syntax = ds.file_meta.TransferSyntaxUID
+        raise DecodeError(DecodeProblem.UNDECODABLE, f"{syntax.name}: {one_line(exc)}") from exc
     return image.astype(np.float32)
 
 

@@ -7,6 +7,7 @@ sequences, in a 60xx overlay comment, in 50xx curve data and in the file meta.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,3 +213,9 @@ def truncate_in_pixel_data(path: Path) -> None:
     data = path.read_bytes()
     ds = pydicom.dcmread(path)
     path.write_bytes(data[: len(data) - len(ds.PixelData) // 2])
+
+
+def compress_with_dcmtk(source: Path, target: Path, tool: str, *options: str) -> Path:
+    """``target``: ``source`` compressed by a dcmtk tool (dcmcjpeg, dcmcjpls, dcmcrle)."""
+    subprocess.run([tool, *options, str(source), str(target)], check=True, capture_output=True)
+    return target

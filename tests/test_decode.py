@@ -7,16 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from dicom_factory import (
     MANUFACTURER,
     MODEL,
     CtSpec,
+    compress_with_dcmtk,
     ct_dataset,
     default_pixels,
     storable_range,
     write_ct,
 )
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless
@@ -84,7 +87,7 @@ def _truncated() -> Dataset:
     return ds
 
 
-def _compressed_without_decoder() -> Dataset:
+def _corrupt_compressed_stream() -> Dataset:
     ds = ct_dataset()
     ds.file_meta.TransferSyntaxUID = JPEGLSLossless
     ds.PixelData = encapsulate([b"\xff\xd8 not really JPEG-LS"])
@@ -113,7 +116,7 @@ def _bad_bits_allocated() -> Dataset:
             "PALETTE COLOR",
         ),
         (_truncated, DecodeProblem.TRUNCATED, "truncated"),
-        (_compressed_without_decoder, DecodeProblem.UNDECODABLE, "JPEG-LS"),
+        (_corrupt_compressed_stream, DecodeProblem.UNDECODABLE, "JPEG-LS"),
         (_bad_bits_allocated, DecodeProblem.UNDECODABLE, "Bits Allocated"),
         (_without_file_meta_syntax, DecodeProblem.UNDECODABLE, "Transfer Syntax"),
     ],
@@ -153,3 +156,91 @@ def test_read_dicom_classifies_unreadable_files(tmp_path: Path) -> None:
 
     good = read_dicom(write_ct(tmp_path / "good.dcm"))
     assert decode_image(good).shape == (CtSpec().rows, CtSpec().columns)
+
+
+def _dcmtk(tool: str, *options: str) -> Callable[[Path, Path], None]:
+    def compress(source: Path, target: Path) -> None:
+        compress_with_dcmtk(source, target, tool, *options)
+
+    return compress
+
+
+def _pydicom(syntax: str, **options: object) -> Callable[[Path, Path], None]:
+    def compress(source: Path, target: Path) -> None:
+        ds = pydicom.dcmread(source)
+        ds.compress(syntax, **options)
+        ds.save_as(target)
+
+    return compress
+
+
+#: (how the file was compressed, its transfer syntax, bits stored, lossless)
+COMPRESSIONS = [
+    (_dcmtk("dcmcjpeg", "+eb"), uid.JPEGBaseline8Bit, 8, False),
+    (_dcmtk("dcmcjpeg", "+ee"), uid.JPEGExtended12Bit, 8, False),
+    (_dcmtk("dcmcjpeg", "+e1"), uid.JPEGLosslessSV1, 12, True),
+    (_dcmtk("dcmcjpeg", "+el"), uid.JPEGLossless, 12, True),
+    (_dcmtk("dcmcjpls", "+el"), uid.JPEGLSLossless, 12, True),
+    (_dcmtk("dcmcjpls", "+en"), uid.JPEGLSNearLossless, 12, False),
+    (_dcmtk("dcmcrle"), uid.RLELossless, 12, True),
+    (_pydicom(uid.JPEG2000Lossless), uid.JPEG2000Lossless, 12, True),
+    (_pydicom(uid.JPEG2000, j2k_psnr=[60]), uid.JPEG2000, 12, False),
+]
+
+
+def _soft_tissue(tmp_path: Path, bits: int) -> Path:
+    """A CT file of noisy soft tissue, stored in ``bits`` bits."""
+    rng = np.random.default_rng(5)
+    if bits == 8:
+        spec = CtSpec(bits_allocated=8, bits_stored=8, intercept=0.0, rows=40, columns=48)
+        pixels = rng.integers(60, 200, (40, 48)).astype(np.uint8)
+    else:
+        spec = CtSpec(rows=40, columns=48)
+        pixels = rng.integers(800, 1400, (40, 48)).astype(np.uint16)
+    return write_ct(tmp_path / "original.dcm", dataclasses.replace(spec, pixels=pixels))
+
+
+@pytest.mark.parametrize(
+    ("compress", "syntax", "bits", "lossless"),
+    COMPRESSIONS,
+    ids=[f"{c[1].name} {c[2]}-bit" for c in COMPRESSIONS],
+)
+def test_compressed_files_decode_like_their_originals(
+    compress: Callable[[Path, Path], None],
+    syntax: uid.UID,
+    bits: int,
+    lossless: bool,
+    tmp_path: Path,
+) -> None:
+    """Files compressed by dcmtk (and by pydicom's JPEG 2000 encoder) decode to the image
+    of the uncompressed original: exactly when lossless, closely when lossy."""
+    original = _soft_tissue(tmp_path, bits)
+    target = tmp_path / "compressed.dcm"
+    compress(original, target)
+    ds = read_dicom(target)
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    image, expected = decode_image(ds), decode_image(read_dicom(original))
+    if lossless:
+        np.testing.assert_array_equal(image, expected)
+    else:
+        assert np.abs(image - expected).mean() < 8  # modality units, default quality
+
+
+def test_12_bit_lossy_jpeg_is_undecodable_with_its_reason(tmp_path: Path) -> None:
+    """No permissively licensed decoder reads 12-bit JPEG Extended (only the GPL
+    pylibjpeg-libjpeg does): such a file goes to quarantine, saying so."""
+    target = tmp_path / "compressed.dcm"
+    _dcmtk("dcmcjpeg", "+ee")(_soft_tissue(tmp_path, 12), target)
+    with pytest.raises(DecodeError, match=r"JPEG Extended.*12-bit") as caught:
+        decode_image(read_dicom(target))
+    assert caught.value.category == DecodeProblem.UNDECODABLE
+
+
+def test_monochrome1_compressed_file_is_inverted_like_the_original(tmp_path: Path) -> None:
+    spec = CtSpec(rows=40, columns=48, photometric="MONOCHROME1")
+    original = write_ct(tmp_path / "original.dcm", spec)
+    target = tmp_path / "compressed.dcm"
+    _dcmtk("dcmcjpls", "+el")(original, target)
+    np.testing.assert_array_equal(
+        decode_image(read_dicom(target)), decode_image(read_dicom(original))
+    )

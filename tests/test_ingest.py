@@ -18,6 +18,7 @@ from dicom_factory import (
     MODEL,
     PHI_STRINGS,
     CtSpec,
+    compress_with_dcmtk,
     ct_dataset,
     original_uids,
     truncate_in_pixel_data,
@@ -260,3 +261,35 @@ def test_seeded_split_is_deterministic_and_stratified() -> None:
         ids = [c for c, value in labels.items() if value == label]
         assert sum(splits[c] == "test" for c in ids) == n_test
     assert set(assign_splits(labels, seed=7, test_fraction=0.0).values()) == {"train"}
+
+
+def test_compressed_files_are_ingested_and_undecodable_ones_quarantined(
+    tmp_path: Path, store: SiteStore
+) -> None:
+    originals = tmp_path / "originals"
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    tools = {
+        "jpeg-lossless.dcm": ("dcmcjpeg", "+e1"),
+        "jpeg-ls.dcm": ("dcmcjpls", "+el"),
+        "rle.dcm": ("dcmcrle",),
+        "jpeg-12bit-lossy.dcm": ("dcmcjpeg", "+ee"),
+    }
+    expected = {}
+    for index, (name, tool) in enumerate(tools.items(), start=1):
+        original = write_ct(originals / name, CtSpec(index=index))
+        compress_with_dcmtk(original, dicom / name, *tool)
+        expected[name] = decode_image(ct_dataset(CtSpec(index=index)))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{name},{i % 2}\n" for i, name in enumerate(tools)))
+
+    report = ingest_site(store, dicom, labels)
+    assert (report.ingested, report.quarantined) == (3, 1)
+    assert report.quarantine_reasons == {"undecodable pixels": 1}
+    with (store.quarantine_dir / QUARANTINE_LOG).open(newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["source"] == "jpeg-12bit-lossy.dcm"
+    assert "JPEG Extended" in row["reason"]
+    stored = {r.case_id: store.load_image(r.case_id) for r in store.read_manifest()}
+    for name in ("jpeg-lossless.dcm", "jpeg-ls.dcm", "rle.dcm"):
+        assert any(np.array_equal(image, expected[name]) for image in stored.values()), name
