@@ -390,6 +390,8 @@ def _ingest(args: argparse.Namespace) -> None:
     )
     for reason, count in sorted(report.quarantine_reasons.items()):
         print(f"  quarantined, {reason}: {count}")
+    if report.burned_in_masked:
+        print(f"  stored with burned-in text regions masked: {report.burned_in_masked}")
     for line, path in report.label_rows_missing_file:
         print(f"  labels.csv line {line}: no such file {path}")
     for line, path, reason in report.label_row_errors:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from site_client.burned_in import burned_in_text_risk, mask_regions
 from site_client.decode import DecodeError, decode_image, one_line, read_dicom, scanner_group
 from site_client.deid import Deidentifier, iter_files
 from site_client.store import CaseRecord, SiteStore
@@ -40,6 +41,7 @@ class IngestProblem(StrEnum):
     NO_LABEL = "no label"
     INVALID_LABEL = "invalid label row"
     MASK = "mask problem"
+    BURNED_IN_TEXT = "may carry burned-in text"
 
 
 class IngestError(RuntimeError):
@@ -63,6 +65,8 @@ class IngestReport:
     label_rows_missing_file: (line, path) of labels.csv rows naming no existing file.
     label_row_errors: (line, path, reason) of labels.csv rows that cannot be used.
     splits: split -> number of newly ingested cases.
+    burned_in_masked: cases that may carry burned-in text, stored with the site policy's
+        regions masked.
     """
 
     files_seen: int = 0
@@ -74,6 +78,7 @@ class IngestReport:
     label_rows_missing_file: list[tuple[int, str]] = field(default_factory=list)
     label_row_errors: list[tuple[int, str, str]] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
+    burned_in_masked: int = 0
 
     def add_quarantined(self, source: str, category: str, reason: str) -> None:
         """Count one quarantined file."""
@@ -94,6 +99,7 @@ class _NewCase:
     model: str
     shape: tuple[int, int]
     has_mask: bool
+    masked_text: bool
 
 
 class _Quarantine:
@@ -159,17 +165,28 @@ class _Ingester:
         case_id = self.deidentifier.pseudonym(sop_uid, "case")
         if case_id in self.stored_ids:
             return None
+        text_risk = burned_in_text_risk(ds)
+        burned_in = self.store.policy.burned_in_text
+        if text_risk and burned_in.action == "quarantine":
+            raise _Unusable(
+                IngestProblem.BURNED_IN_TEXT,
+                f"{text_risk}; the site policy quarantines such images ([burned_in_text])",
+            )
         try:
             clean = self.deidentifier.deidentify(ds)
         except Exception as exc:  # a damaged element surfaces only when it is converted
             raise _Unusable(IngestProblem.DEID_FAILED, one_line(exc)) from exc
         image = decode_image(clean)
+        if text_risk:
+            image = mask_regions(image, burned_in.regions)
         row = self._label_row(source)
         mask = self._read_mask(row.mask, image.shape) if row.mask else None
         self.store.save_case(case_id, image, mask)
         manufacturer, model = scanner_group(clean)
         rows, columns = image.shape
-        return _NewCase(case_id, row, manufacturer, model, (rows, columns), mask is not None)
+        return _NewCase(
+            case_id, row, manufacturer, model, (rows, columns), mask is not None, bool(text_risk)
+        )
 
     def _label_row(self, source: str) -> LabelRow:
         row = self.labels.rows.get(source)
@@ -266,6 +283,7 @@ def ingest_site(
             else:
                 new_cases.append(case)
                 report.ingested += 1
+                report.burned_in_masked += case.masked_text
         if progress is not None:
             progress(done, len(files))
 

@@ -8,6 +8,10 @@ min_cell_size = 5
 [privacy]            # optional
 max_epsilon = 10.0   # the most privacy loss the site accepts, over all runs (no entry: no ceiling)
 delta = 1e-4         # the site's delta (default: 0.1 / number of training cases)
+
+[burned_in_text]     # optional: images that may carry text in their pixels
+action = "mask"      # "quarantine" (default) or "mask"
+regions = [[0, 0, 40, 512]]   # with "mask": [top, left, bottom, right] pixel boxes blanked
 ```
 """
 
@@ -55,6 +59,32 @@ class PrivacyPolicy:
         return self.delta if self.delta is not None else DEFAULT_DELTA_SCALE / max(n_train, 1)
 
 
+@dataclass(frozen=True)
+class BurnedInTextPolicy:
+    """What ingest does with images that may carry burned-in text
+    (`site_client.burned_in.burned_in_text_risk`).
+
+    action: "quarantine" (default) or "mask": store them with ``regions`` blanked.
+    regions: [top, left, bottom, right] pixel boxes (bottom and right exclusive) where the
+        site's devices put their text; required with "mask".
+    """
+
+    action: str = "quarantine"
+    regions: tuple[tuple[int, int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.action not in ("quarantine", "mask"):
+            raise PolicyError(f"action must be 'quarantine' or 'mask', got {self.action!r}")
+        boxes = tuple(tuple(int(v) for v in box) for box in self.regions)
+        if any(len(box) != 4 or box[0] >= box[2] or box[1] >= box[3] for box in boxes):
+            raise PolicyError(
+                "regions must be [top, left, bottom, right] with top < bottom, left < right"
+            )
+        if self.action == "mask" and not boxes:
+            raise PolicyError("action 'mask' needs regions to mask")
+        object.__setattr__(self, "regions", boxes)
+
+
 #: Default delta = DEFAULT_DELTA_SCALE / n_train.
 DEFAULT_DELTA_SCALE = 0.1
 
@@ -67,11 +97,13 @@ class SitePolicy:
     min_cell_size: strata with fewer test cases than this are suppressed: no result for
         them leaves the site.
     privacy: the privacy ceiling (`PrivacyPolicy`, the ``[privacy]`` table).
+    burned_in_text: images that may carry burned-in text (the ``[burned_in_text]`` table).
     """
 
     site_id: str
     min_cell_size: int = 5
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
+    burned_in_text: BurnedInTextPolicy = field(default_factory=BurnedInTextPolicy)
 
     def __post_init__(self) -> None:
         if not _SITE_ID.match(self.site_id):
@@ -91,21 +123,28 @@ def read_policy(site_dir: Path) -> SitePolicy:
         raise PolicyError(f"{path}: no site policy (is {site_dir} a site store?)") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML ({exc})") from exc
-    unknown_tables = sorted(set(data) - {"site", "privacy"})
+    unknown_tables = sorted(set(data) - {"site", *_TABLES})
     if unknown_tables:
         raise PolicyError(f"{path}: unknown table(s): {', '.join(unknown_tables)}")
     section = _table(data, "site", path, required=True)
-    privacy = _table(data, "privacy", path, required=False)
-    _check_keys(section, SitePolicy, "site", path, exclude=frozenset({"privacy"}))
-    _check_keys(privacy, PrivacyPolicy, "privacy", path)
+    _check_keys(section, SitePolicy, "site", path, exclude=frozenset(_TABLES))
     if "site_id" not in section:
         raise PolicyError(f"{path}: [site] needs site_id")
     try:
-        return SitePolicy(**section, privacy=PrivacyPolicy(**privacy))
+        tables = {}
+        for name, cls in _TABLES.items():
+            table = _table(data, name, path, required=False)
+            _check_keys(table, cls, name, path)
+            tables[name] = cls(**table)
+        return SitePolicy(**section, **tables)
     except TypeError as exc:
         raise PolicyError(f"{path}: {exc}") from exc
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc}") from exc
+
+
+#: The optional tables of site.toml beside [site], and what each holds.
+_TABLES: dict[str, type] = {"privacy": PrivacyPolicy, "burned_in_text": BurnedInTextPolicy}
 
 
 def _table(data: dict, name: str, path: Path, required: bool) -> dict:
@@ -124,10 +163,15 @@ def _check_keys(
 
 
 def write_policy(site_dir: Path, policy: SitePolicy) -> None:
-    """Write ``policy`` to ``site_dir/site.toml`` (unset privacy values are left out)."""
-    site = {k: v for k, v in asdict(policy).items() if k != "privacy"}
-    document: dict = {"site": site}
-    privacy = {k: v for k, v in asdict(policy.privacy).items() if v is not None}
-    if privacy:
-        document["privacy"] = privacy
+    """Write ``policy`` to ``site_dir/site.toml`` (unset and default tables left out)."""
+    document: dict = {"site": {k: v for k, v in asdict(policy).items() if k not in _TABLES}}
+    for name in _TABLES:
+        values = getattr(policy, name)
+        if values == type(values)():
+            continue
+        document[name] = {
+            k: [list(box) for box in v] if k == "regions" else v
+            for k, v in asdict(values).items()
+            if v is not None
+        }
     (site_dir / POLICY_FILE).write_text(tomli_w.dumps(document), encoding="utf-8")
