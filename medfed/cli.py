@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate",
         help="a federation of existing site stores on Flower's simulation runtime",
         description="Runs a federation over site stores made by `medfed site ingest`, with "
+        "DP-SGD at every site (epsilon 8 by default, within each site's own ceiling), "
         "local-only and pooled-centralized baselines, and writes RUN/evidence.json.",
     )
     simulate.add_argument(

@@ -255,3 +255,28 @@ def test_site_budget_shows_and_sets_the_ceiling_and_refuses_a_damaged_ledger(
     result = medfed("site", "budget", "--site-dir", site)
     assert result.returncode == 1
     assert "hash mismatch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_on_spent_budgets_is_refused_in_one_line(
+    small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    from site_client.ledger import LedgerEntry, PrivacyLedger
+
+    sites = small_federation.fresh_copies(tmp_path)
+    for site in sites:
+        PrivacyLedger(site).append(
+            LedgerEntry(
+                run_id="earlier", round=1, phase="federated", steps=400, sample_rate=0.5,
+                noise_multiplier=0.8, max_grad_norm=1.0, accountant="rdp", delta=1e-3,
+                epsilon_run=0.0, epsilon_total=0.0, time="2026-11-29T00:00:00+00:00",
+            )
+        )  # fmt: skip
+        assert medfed("site", "budget", "--site-dir", site, "--max-epsilon", "5").returncode == 0
+    result = medfed(
+        "simulate", "--site-dir", sites[0], "--site-dir", sites[1], "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medfed: error: every site would refuse")
+    assert "over its ceiling of 5" in lines[0]
+    assert not (tmp_path / "run" / "evidence.json").exists()
