@@ -9,6 +9,9 @@ min_cell_size = 5
 max_epsilon = 10.0   # the most privacy loss the site accepts, over all runs (no entry: no ceiling)
 delta = 1e-4         # the site's delta (default: 0.1 / number of training cases)
 
+[storage]            # optional
+key_file = "/secure/site-a.key"   # the store's encryption key (default: SITE/store.key)
+
 [burned_in_text]     # optional: images that may carry text in their pixels
 action = "mask"      # "quarantine" (default) or "mask"
 regions = [[0, 0, 40, 512]]   # with "mask": [top, left, bottom, right] pixel boxes blanked
@@ -85,6 +88,25 @@ class BurnedInTextPolicy:
         object.__setattr__(self, "regions", boxes)
 
 
+@dataclass(frozen=True)
+class StoragePolicy:
+    """Where the store's encryption key lives (`site_client.encryption`).
+
+    key_file: path of the key file (relative paths are relative to the site directory);
+        None: ``store.key`` in the site directory. The environment variable
+        MEDFED_STORE_KEY, when set, takes precedence.
+    """
+
+    key_file: str | None = None
+
+    def key_path(self, site_dir: Path) -> Path:
+        """The key file's path for the site directory ``site_dir``."""
+        return site_dir / (self.key_file or DEFAULT_KEY_FILE)
+
+
+DEFAULT_KEY_FILE = "store.key"
+
+
 #: Default delta = DEFAULT_DELTA_SCALE / n_train.
 DEFAULT_DELTA_SCALE = 0.1
 
@@ -98,12 +120,14 @@ class SitePolicy:
         them leaves the site.
     privacy: the privacy ceiling (`PrivacyPolicy`, the ``[privacy]`` table).
     burned_in_text: images that may carry burned-in text (the ``[burned_in_text]`` table).
+    storage: where the store's encryption key is (the ``[storage]`` table).
     """
 
     site_id: str
     min_cell_size: int = 5
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     burned_in_text: BurnedInTextPolicy = field(default_factory=BurnedInTextPolicy)
+    storage: StoragePolicy = field(default_factory=StoragePolicy)
 
     def __post_init__(self) -> None:
         if not _SITE_ID.match(self.site_id):
@@ -144,7 +168,11 @@ def read_policy(site_dir: Path) -> SitePolicy:
 
 
 #: The optional tables of site.toml beside [site], and what each holds.
-_TABLES: dict[str, type] = {"privacy": PrivacyPolicy, "burned_in_text": BurnedInTextPolicy}
+_TABLES: dict[str, type] = {
+    "privacy": PrivacyPolicy,
+    "burned_in_text": BurnedInTextPolicy,
+    "storage": StoragePolicy,
+}
 
 
 def _table(data: dict, name: str, path: Path, required: bool) -> dict:

@@ -2,21 +2,26 @@
 
 Layout of a site directory ``SITE/``::
 
-    site.toml                 the site's policy (site id, minimum cell size)
-    secret.key                32-byte key (hex, mode 0600) for pseudonyms and UIDs; never leaves
-    store/manifest.csv        one row per case (MANIFEST_COLUMNS, then subgroup columns)
-    store/cases/<case>.npy    decoded image, float32, modality units, MONOCHROME2 polarity
-    store/masks/<case>.npy    lesion mask, uint8 0/1, same shape (when labels.csv names one)
-    quarantine/               copies of files that could not be ingested + quarantine.csv
-    ingest-report.json        counts of the last ingest
+    site.toml                     the site's policy (site id, minimum cell size, ...)
+    secret.key                    32-byte key (hex, 0600) for pseudonyms, UIDs, DP noise seeds
+    store.key                     the store's encryption key (hex, 0600; see below)
+    store/key-check.enc           encrypted at creation: recognises a wrong key at opening
+    store/manifest.csv.enc        one row per case (MANIFEST_COLUMNS, then subgroup columns)
+    store/cases/<case>.npy.enc    decoded image, float32, modality units, MONOCHROME2 polarity
+    store/masks/<case>.npy.enc    lesion mask, uint8 0/1, same shape (when labels.csv names one)
+    quarantine/                   copies of files that could not be ingested + quarantine.csv
+    ingest-report.json            counts of the last ingest
 
-The manifest never holds original paths, names or UIDs: a case is known by its
-pseudonymous id (keyed HMAC of its SOP Instance UID).
+Everything under ``store/`` is encrypted with AES-256-GCM (`site_client.encryption`); the
+key comes from MEDFED_STORE_KEY or from the key file (``[storage] key_file`` in site.toml,
+default ``store.key``). The manifest never holds original paths, names or UIDs: a case is
+known by its pseudonymous id (keyed HMAC of its SOP Instance UID).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -24,6 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from site_client.encryption import (
+    KEY_CHECK,
+    StoreCipher,
+    StoreCryptoError,
+    create_store_key,
+    load_store_key,
+)
 from site_client.policy import POLICY_FILE, SitePolicy, read_policy, write_policy
 
 SECRET_FILE = "secret.key"
@@ -94,10 +106,11 @@ class CaseRecord:
 class SiteStore:
     """A site directory (see the module docstring). Open one with `create` or `open`."""
 
-    def __init__(self, root: Path, policy: SitePolicy, secret: bytes) -> None:
+    def __init__(self, root: Path, policy: SitePolicy, secret: bytes, cipher: StoreCipher) -> None:
         self.root = root
         self.policy = policy
         self.secret = secret
+        self.cipher = cipher
 
     @property
     def site_id(self) -> str:
@@ -110,7 +123,7 @@ class SiteStore:
 
     @property
     def manifest_path(self) -> Path:
-        return self.store_dir / "manifest.csv"
+        return self.store_dir / "manifest.csv.enc"
 
     @property
     def cases_dir(self) -> Path:
@@ -152,7 +165,9 @@ class SiteStore:
         secret_path = root / SECRET_FILE
         if not secret_path.exists():
             write_secret_file(secret_path, secret)
-        store = cls.open(root)
+        create_store_key(policy.storage.key_path(root))
+        store = cls._open(root)
+        store._write(KEY_CHECK, b"medfed store key check")
         for folder in (store.cases_dir, store.masks_dir, store.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
         return store
@@ -160,78 +175,124 @@ class SiteStore:
     @classmethod
     def open(cls, root: Path) -> SiteStore:
         """Open an existing store; raises `SiteStoreError` naming what is missing."""
+        store = cls._open(root)
+        try:
+            store._read(KEY_CHECK)
+        except FileNotFoundError as exc:
+            raise SiteStoreError(f"{root}: store/{KEY_CHECK}.enc is missing") from exc
+        except StoreCryptoError as exc:
+            raise SiteStoreError(
+                f"{root}: wrong store key (from {store.cipher.source}): the store cannot be "
+                "decrypted with it"
+            ) from exc
+        return store
+
+    @classmethod
+    def _open(cls, root: Path) -> SiteStore:
         if not root.is_dir():
             raise SiteStoreError(f"{root}: no such site directory")
         policy = read_policy(root)
-        return cls(root, policy, read_secret_file(root / SECRET_FILE))
+        try:
+            key, source = load_store_key(policy.storage.key_path(root))
+            cipher = StoreCipher(key, source)
+        except StoreCryptoError as exc:
+            raise SiteStoreError(str(exc)) from exc
+        return cls(root, policy, read_secret_file(root / SECRET_FILE), cipher)
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Encrypt ``data`` into ``store/<name>.enc``, atomically."""
+        path = self.store_dir / f"{name}.enc"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(self.cipher.encrypt(data, name))
+        tmp.replace(path)
+
+    def _read(self, name: str) -> bytes:
+        """The decrypted content of ``store/<name>.enc``."""
+        return self.cipher.decrypt((self.store_dir / f"{name}.enc").read_bytes(), name)
 
     def read_manifest(self) -> list[CaseRecord]:
         """All cases in the store, in manifest order (empty for a new store)."""
         if not self.manifest_path.exists():
             return []
-        with self.manifest_path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            subgroup_columns = [c for c in reader.fieldnames or [] if c not in MANIFEST_COLUMNS]
-            return [
-                CaseRecord(
-                    case_id=row["case_id"],
-                    label=int(row["label"]),
-                    split=row["split"],
-                    manufacturer=row["manufacturer"],
-                    model=row["model"],
-                    rows=int(row["rows"]),
-                    columns=int(row["columns"]),
-                    has_mask=row["has_mask"] == "1",
-                    subgroups={c: row[c] for c in subgroup_columns},
-                )
-                for row in reader
-            ]
+        try:
+            text = self._read("manifest.csv").decode("utf-8")
+        except StoreCryptoError as exc:
+            raise SiteStoreError(f"site {self.site_id}: the manifest {exc}") from exc
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        subgroup_columns = [c for c in reader.fieldnames or [] if c not in MANIFEST_COLUMNS]
+        return [
+            CaseRecord(
+                case_id=row["case_id"],
+                label=int(row["label"]),
+                split=row["split"],
+                manufacturer=row["manufacturer"],
+                model=row["model"],
+                rows=int(row["rows"]),
+                columns=int(row["columns"]),
+                has_mask=row["has_mask"] == "1",
+                subgroups={c: row[c] for c in subgroup_columns},
+            )
+            for row in reader
+        ]
 
     def write_manifest(self, records: list[CaseRecord]) -> None:
-        """Replace the manifest with ``records`` (written atomically)."""
+        """Replace the manifest with ``records`` (written atomically, encrypted; left as it
+        is when its content would not change)."""
         subgroup_columns = sorted({c for r in records for c in r.subgroups})
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest_path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([*MANIFEST_COLUMNS, *subgroup_columns])
-            for r in records:
-                writer.writerow(
-                    [
-                        r.case_id,
-                        r.label,
-                        r.split,
-                        r.manufacturer,
-                        r.model,
-                        r.rows,
-                        r.columns,
-                        int(r.has_mask),
-                        *(r.subgroups.get(c, "") for c in subgroup_columns),
-                    ]
-                )
-        tmp.replace(self.manifest_path)
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
+        writer.writerow([*MANIFEST_COLUMNS, *subgroup_columns])
+        for r in records:
+            writer.writerow(
+                [
+                    r.case_id,
+                    r.label,
+                    r.split,
+                    r.manufacturer,
+                    r.model,
+                    r.rows,
+                    r.columns,
+                    int(r.has_mask),
+                    *(r.subgroups.get(c, "") for c in subgroup_columns),
+                ]
+            )
+        content = buffer.getvalue().encode("utf-8")
+        if self.manifest_path.exists() and self._read("manifest.csv") == content:
+            return  # unchanged: keep the file (a new nonce would change every byte)
+        self._write("manifest.csv", content)
 
     def save_case(self, case_id: str, image: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Store a decoded image (2-D, float32) and optionally its mask (uint8 0/1)."""
-        self.cases_dir.mkdir(parents=True, exist_ok=True)
-        np.save(self.cases_dir / f"{case_id}.npy", image.astype(np.float32, copy=False))
+        self._write(f"cases/{case_id}.npy", _npy(image.astype(np.float32, copy=False)))
         if mask is not None:
-            self.masks_dir.mkdir(parents=True, exist_ok=True)
-            np.save(self.masks_dir / f"{case_id}.npy", (mask > 0).astype(np.uint8))
+            self._write(f"masks/{case_id}.npy", _npy((mask > 0).astype(np.uint8)))
 
     def load_image(self, case_id: str) -> np.ndarray:
         """The stored image of ``case_id`` (float32, 2-D)."""
-        return self._load(self.cases_dir / f"{case_id}.npy", case_id)
+        return self._load(f"cases/{case_id}.npy", case_id)
 
     def load_mask(self, case_id: str) -> np.ndarray:
         """The stored lesion mask of ``case_id`` (uint8 0/1, 2-D)."""
-        return self._load(self.masks_dir / f"{case_id}.npy", case_id)
+        return self._load(f"masks/{case_id}.npy", case_id)
 
-    def _load(self, path: Path, case_id: str) -> np.ndarray:
+    def _load(self, name: str, case_id: str) -> np.ndarray:
+        path = self.store_dir / f"{name}.enc"
         try:
-            return np.load(path, allow_pickle=False)
+            return np.load(io.BytesIO(self._read(name)), allow_pickle=False)
+        except StoreCryptoError as exc:
+            raise SiteStoreError(
+                f"site {self.site_id}: case {case_id}: {path} fails authentication (altered "
+                "or corrupted); the store is damaged: never used, ingest the site again"
+            ) from exc
         except (OSError, ValueError) as exc:
             raise SiteStoreError(
                 f"site {self.site_id}: case {case_id} is in the manifest but {path} is missing "
                 "or unreadable; the store is damaged (ingest the site again)"
             ) from exc
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()

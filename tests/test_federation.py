@@ -213,7 +213,8 @@ def test_nothing_identifying_crossed_the_wire(
 def test_site_stores_hold_no_identifying_values(small_federation: IngestedFederation) -> None:
     phi = _phi_values(small_federation.phantom_dirs)
     for site_dir in small_federation.site_dirs:
-        manifest = (site_dir / "store" / "manifest.csv").read_text()
+        store = SiteStore.open(site_dir)
+        manifest = " ".join(str(record) for record in store.read_manifest())
         names = " ".join(p.name for p in (site_dir / "store").rglob("*"))
         assert not [v for v in phi if v in manifest or v in names]
 
@@ -258,7 +259,7 @@ def test_a_broken_site_is_left_out_with_its_reason_and_the_federation_goes_on(
     site_dirs = small_federation.fresh_copies(tmp_path)
     broken = SiteStore.open(site_dirs[1])
     train_case = next(r for r in broken.read_manifest() if r.split == "train")
-    (broken.cases_dir / f"{train_case.case_id}.npy").unlink()
+    (broken.cases_dir / f"{train_case.case_id}.npy.enc").unlink()
 
     config = _config(tmp_path / "run", rounds=1)
     result = run_simulated_federation(
