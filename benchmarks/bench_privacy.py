@@ -56,8 +56,8 @@ def quality(out: Path, epsilons: list[float], progress: Any) -> tuple[list[str],
         evidence_path = run_demo(
             DemoConfig(out=folder, privacy=PrivacyConfig.for_epsilon(epsilon)), progress
         )
-        results.append((epsilon, json.loads(evidence_path.read_text()), time.perf_counter()))
-        results[-1] = (epsilon, results[-1][1], results[-1][2] - started)
+        seconds = time.perf_counter() - started
+        results.append((epsilon, json.loads(evidence_path.read_text()), seconds))
     reference = next(
         (e["performance"]["pooled"]["auc"]["value"] for eps, e, _ in results if math.isinf(eps)),
         None,

@@ -107,9 +107,24 @@ class FederationConfig:
     provenance: DataProvenance = field(default_factory=DataProvenance)
     timeout_s: float = 3600.0
 
+    @property
+    def trains_local_baselines(self) -> bool:
+        """Local-only baselines are trained unless switched off or under central DP (a
+        local-only model would reach the other sites with no noise at all)."""
+        return self.local_baselines and self.privacy.mode != "central"
+
+    @property
+    def planned_site_epochs(self) -> int:
+        """Epochs each site trains in the whole run (rounds and local-only baseline): what
+        a site sets its DP noise for."""
+        federated = self.rounds * self.training.local_epochs
+        return federated * (2 if self.trains_local_baselines else 1)
+
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.privacy.mode == "central" and self.strategy.name == "fedadam":
+            raise ValueError("central DP averages like FedAvg: use --strategy fedavg or fedprox")
         if self.privacy.mode == "central" and self.strategy.fraction_train < 1:
             raise ValueError("central DP here asks every site each round (fraction_train 1)")
         if self.expected_sites < self.strategy.min_sites:
@@ -159,11 +174,9 @@ class FederatedJob:
         self.checkpoints.save("global-round-000", model.state_dict(), 0)
 
         local_models: dict[str, str] = {}
-        if config.local_baselines and not self._trains_local_baselines:
-            # Central DP covers what leaves the coordinator; a local-only model would reach
-            # the other sites (cross-site evaluation) with no noise at all.
+        if config.local_baselines and not config.trains_local_baselines:
             self.progress("local-only baselines: none under central DP (they would carry no noise)")
-        elif self._trains_local_baselines:
+        elif config.trains_local_baselines:
             with self._stage("local-only baselines", grid):
                 local_models = self._train_local_models(grid, sites, initial)
 
@@ -203,19 +216,14 @@ class FederatedJob:
 
     def _task_config(self) -> dict[str, Any]:
         config = self.config
-        federated_epochs = config.rounds * config.training.local_epochs
         return {
             **to_config(config.training),
             **to_config(config.model, MODEL_CONFIG_PREFIX),
             **to_config(config.privacy, PRIVACY_PREFIX),
             SEED_KEY: config.seed,
             RUN_ID_KEY: self.run_id,
-            PLANNED_EPOCHS_KEY: federated_epochs * (2 if self._trains_local_baselines else 1),
+            PLANNED_EPOCHS_KEY: config.planned_site_epochs,
         }
-
-    @property
-    def _trains_local_baselines(self) -> bool:
-        return self.config.local_baselines and self.config.privacy.mode != "central"
 
     def _final_checkpoint(self) -> str:
         """The last round's global model; `FederationError` with the sites' reasons if no

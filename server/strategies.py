@@ -67,8 +67,6 @@ def make_strategy(
     over ``n_sites`` sites."""
     strategy = _base_strategy(config)
     if privacy is not None and privacy.mode == "central":
-        if not isinstance(strategy, FedAvg) or isinstance(strategy, FedAdam):
-            raise ValueError(f"central DP cannot wrap {config.name}: use fedavg or fedprox")
         return CentralDP(strategy, privacy, rounds, n_sites)
     return strategy
 

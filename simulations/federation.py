@@ -113,7 +113,6 @@ def _check_budgets(stores: list[SiteStore], config: FederationConfig) -> None:
         if store.policy.privacy.max_epsilon is None and config.privacy.mode == "local":
             return  # no ceiling: the first round of a run always fits its own target
         n_train = sum(r.split == "train" for r in store.read_manifest())
-        epochs = config.rounds * config.training.local_epochs
         try:
             plan_release(
                 store.policy.privacy,
@@ -125,7 +124,7 @@ def _check_budgets(stores: list[SiteStore], config: FederationConfig) -> None:
                     phase="federated",
                     seed=config.seed,
                     epochs=config.training.local_epochs,
-                    planned_epochs=epochs * (2 if config.local_baselines else 1),
+                    planned_epochs=config.planned_site_epochs,
                     n_train=max(n_train, 1),
                     batch_size=config.training.batch_size,
                 ),

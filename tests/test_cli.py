@@ -280,3 +280,14 @@ def test_a_run_on_spent_budgets_is_refused_in_one_line(
     assert len(lines) == 1 and lines[0].startswith("medfed: error: every site would refuse")
     assert "over its ceiling of 5" in lines[0]
     assert not (tmp_path / "run" / "evidence.json").exists()
+
+
+def test_central_dp_with_fedadam_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    result = medfed(
+        "simulate", "--site-dir", tmp_path / "a", "--site-dir", tmp_path / "b",
+        "--out", tmp_path / "run", "--dp", "central", "--strategy", "fedadam",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "medfed: error: central DP averages like FedAvg: use --strategy fedavg or fedprox"
+    )
