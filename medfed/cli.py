@@ -206,9 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     deid = commands.add_parser(
         "deid",
         help="a de-identified copy of a DICOM tree",
-        description="De-identifies every DICOM file under IN_DIR (PS3.15 Annex E basic "
-        "profile, retaining device identity) into OUT_DIR, named by replaced UIDs, with "
-        "OUT_DIR/deid-log.csv. Originals are untouched.",
+        description="De-identifies every DICOM file under IN_DIR into OUT_DIR (DICOM PS3.15 "
+        "Annex E, Basic Application Level Confidentiality Profile with the options below), "
+        "named by replaced UIDs, with OUT_DIR/deid-report.json (counts, profile, options). "
+        "Files that cannot be de-identified are copied with their reasons to "
+        "OUT_DIR-quarantine/ (quarantine.csv), which also holds deid-log.csv (every input "
+        "file and its output): keep that folder at the site, it names input files. "
+        "Originals are untouched.",
     )
     deid.add_argument("in_dir", type=Path, metavar="IN_DIR")
     deid.add_argument("out_dir", type=Path, metavar="OUT_DIR")
@@ -218,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the secret (hex) for pseudonyms and UIDs; created (mode 0600) if "
         "absent. Without it a one-time key is used and pseudonyms cannot be re-linked.",
     )
+    for flag, what in (
+        ("retain-device-identity", "keep device identifiers such as serial numbers"),
+        ("modified-dates", "shift dates and times by a keyed offset per patient"),
+        ("clean-descriptors", "keep the safe words of descriptions"),
+        ("safe-private", "keep the safe-listed private attributes"),
+    ):
+        deid.add_argument(
+            f"--{flag}",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=f"profile option: {what} (default: on; --no-{flag} turns it off)",
+        )
     deid.set_defaults(run=_deid)
 
     site = commands.add_parser("site", help="site operations", description="Operations at a site.")
@@ -250,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_seed(ingest)
     ingest.set_defaults(run=_ingest)
+
+    quarantine = site_commands.add_parser(
+        "quarantine",
+        help="list the site's quarantined files, or export them for inspection",
+        description="Lists what intake (ingest, receive) could not use: each file's source, "
+        "reason and SHA-256, from the store's encrypted quarantine. With --export DIR it "
+        "writes the decrypted originals into DIR (created, mode 0700) under their source "
+        "names, for inspection at the site; they may carry patient data.",
+    )
+    quarantine.add_argument("--site-dir", type=Path, required=True, help="the site store")
+    quarantine.add_argument("--export", type=Path, metavar="DIR", help="decrypt copies into DIR")
+    quarantine.set_defaults(run=_quarantine)
 
     budget = site_commands.add_parser(
         "budget",
@@ -343,7 +371,7 @@ def _phantoms(args: argparse.Namespace) -> None:
 
 
 def _deid(args: argparse.Namespace) -> None:
-    from site_client.deid import deidentify_tree
+    from site_client.deid import DEID_REPORT_NAME, DeidOptions, deidentify_tree, quarantine_folder
 
     if args.key is None:
         secret = secrets.token_bytes(32)
@@ -351,15 +379,26 @@ def _deid(args: argparse.Namespace) -> None:
     else:
         secret = _read_or_create_key(args.key)
     progress = CountProgress()
+    options = DeidOptions(
+        retain_device_identity=args.retain_device_identity,
+        retain_modified_dates=args.modified_dates,
+        clean_descriptors=args.clean_descriptors,
+        retain_safe_private=args.safe_private,
+    )
     report = deidentify_tree(
-        args.in_dir, args.out_dir, secret, lambda d, t: progress("files", d, t)
+        args.in_dir, args.out_dir, secret, lambda d, t: progress("files", d, t), options
     )
     print(
-        f"{report.written} files de-identified into {args.out_dir}, {report.failed} failed "
-        f"(of {report.files_seen}); log: {args.out_dir / 'deid-log.csv'}"
+        f"{report.received} files: {report.stored} de-identified into {args.out_dir}, "
+        f"{report.quarantined} quarantined"
     )
-    if report.failed:
-        raise _Failure(f"{report.failed} files could not be de-identified: see the log")
+    for entry in report.entries:
+        if entry.status != "ok":
+            print(f"  quarantined {entry.source}: {entry.reason}")
+    print(
+        f"report: {args.out_dir / DEID_REPORT_NAME}; quarantine and per-file log (site only): "
+        f"{quarantine_folder(args.out_dir.resolve())}"
+    )
 
 
 def _read_or_create_key(path: Path) -> bytes:
@@ -386,18 +425,41 @@ def _ingest(args: argparse.Namespace) -> None:
         progress=lambda done, total: progress("files", done, total),
     )
     print(
-        f"site {store.site_id}: {report.files_seen} files: {report.ingested} ingested, "
+        f"site {store.site_id}: {report.received} files: {report.stored} ingested, "
         f"{report.already_stored} already stored, {report.quarantined} quarantined"
     )
-    for reason, count in sorted(report.quarantine_reasons.items()):
-        print(f"  quarantined, {reason}: {count}")
+    for source, category, reason in report.quarantined_files:
+        print(f"  quarantined {source}: {category}: {reason}")
     if report.burned_in_masked:
         print(f"  stored with burned-in text regions masked: {report.burned_in_masked}")
     for line, path in report.label_rows_missing_file:
         print(f"  labels.csv line {line}: no such file {path}")
     for line, path, reason in report.label_row_errors:
         print(f"  labels.csv line {line} ({path}): {reason}")
-    print(f"report: {store.ingest_report_path}; quarantine: {store.quarantine_dir}")
+    print(
+        f"report: {report.path}; quarantine (encrypted): medfed site quarantine --site-dir "
+        f"{store.root}"
+    )
+
+
+def _quarantine(args: argparse.Namespace) -> None:
+    from site_client.quarantine import StoreQuarantine
+    from site_client.store import SiteStore
+
+    store = SiteStore.open(args.site_dir)
+    quarantine = StoreQuarantine(store)
+    entries = quarantine.entries()
+    print(f"site {store.site_id}: {len(entries)} files in quarantine")
+    for e in entries:
+        print(f"  {e.copy}  {e.source}: {e.category}: {e.reason}")
+    if args.export is None:
+        return
+    args.export.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for e in entries:
+        # The source's own path, flattened, after the copy's number (sources can repeat).
+        target = args.export / f"{Path(e.copy).stem}_{e.source.replace('/', '_')}"
+        target.write_bytes(quarantine.read_copy(e.copy))
+    print(f"exported {len(entries)} files to {args.export}")
 
 
 def _budget(args: argparse.Namespace) -> None:

@@ -83,8 +83,8 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
         )
         report = ingest_site(store, phantom / "dicom", phantom / "labels.csv", seed=config.seed)
         progress(
-            f"  {store.site_id}: {report.ingested} cases stored, "
-            f"{report.quarantined} quarantined of {report.files_seen} files"
+            f"  {store.site_id}: {report.stored} cases stored, "
+            f"{report.quarantined} quarantined of {report.received} files"
         )
         site_dirs.append(store.root)
     timings["ingest"] = time.perf_counter() - started - timings["phantoms"]

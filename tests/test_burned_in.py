@@ -3,7 +3,6 @@ site policy's regions masked; never stored as they are."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 
 from site_client.burned_in import burned_in_text_risk, mask_regions
-from site_client.ingest import QUARANTINE_LOG, ingest_site
+from site_client.ingest import ingest_site
 from site_client.policy import (
     BurnedInTextPolicy,
     PolicyError,
@@ -23,6 +22,7 @@ from site_client.policy import (
     read_policy,
     write_policy,
 )
+from site_client.quarantine import StoreQuarantine
 from site_client.store import SiteStore
 
 
@@ -91,10 +91,9 @@ def test_by_default_images_that_may_carry_text_are_quarantined(tmp_path: Path) -
     dicom, labels = _site(tmp_path)
     store = SiteStore.create(tmp_path / "site")
     report = ingest_site(store, dicom, labels)
-    assert (report.ingested, report.quarantined) == (1, 2)
+    assert (report.stored, report.quarantined) == (1, 2)
     assert report.quarantine_reasons == {"may carry burned-in text": 2}
-    with (store.quarantine_dir / QUARANTINE_LOG).open(newline="") as handle:
-        reasons = {row["source"]: row["reason"] for row in csv.DictReader(handle)}
+    reasons = {e.source: e.reason for e in StoreQuarantine(store).entries()}
     assert "BurnedInAnnotation (0028,0301) is YES" in reasons["flagged.dcm"]
     assert "modality US" in reasons["us.dcm"]
     assert all("[burned_in_text]" in reason for reason in reasons.values())
@@ -107,7 +106,7 @@ def test_a_site_may_store_them_with_its_text_regions_masked(tmp_path: Path) -> N
     write_policy(store.root, replace(store.policy, burned_in_text=policy))
     store = SiteStore.open(store.root)
     report = ingest_site(store, dicom, labels)
-    assert (report.ingested, report.quarantined, report.burned_in_masked) == (3, 0, 2)
+    assert (report.stored, report.quarantined, report.burned_in_masked) == (3, 0, 2)
     images = [store.load_image(r.case_id) for r in store.read_manifest()]
     masked = [im for im in images if (im[:6] == im.min()).all()]
     assert len(masked) == 2

@@ -14,7 +14,16 @@ import pytest
 from conftest import IngestedFederation
 from dicom_factory import CtSpec, truncate_in_pixel_data, write_ct
 
-COMMANDS = ["demo", "phantoms", "deid", "site", "site ingest", "site budget", "simulate"]
+COMMANDS = [
+    "demo",
+    "phantoms",
+    "deid",
+    "site",
+    "site ingest",
+    "site quarantine",
+    "site budget",
+    "simulate",
+]
 
 
 def medfed(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -138,8 +147,11 @@ def test_bring_your_own_dicom_folders(tmp_path: Path) -> None:
             f"site {name}: 33 files: 30 ingested, 0 already stored, 3 quarantined" in result.stdout
         )
         assert "no such file gone/missing.dcm" in result.stdout
-        quarantine = list(csv.DictReader((site / "quarantine" / "quarantine.csv").open()))
-        assert len(quarantine) == 3
+        listed = medfed("site", "quarantine", "--site-dir", site, "--export", tmp_path / name)
+        assert listed.returncode == 0, listed.stderr
+        assert f"site {name}: 3 files in quarantine" in listed.stdout
+        exported = sorted(p.name for p in (tmp_path / name).iterdir())
+        assert len(exported) == 3 and all(p.startswith("0000") for p in exported)
         site_dirs.append(site)
 
     run = tmp_path / "run"

@@ -6,6 +6,7 @@ import copy
 import csv
 import hashlib
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -32,12 +33,14 @@ from pydicom.valuerep import VR
 
 from site_client.deid import (
     DEID_LOG_NAME,
+    DEID_REPORT_NAME,
     Deidentifier,
     DeidError,
     DeidOptions,
+    choose_action,
     deidentify_tree,
     load_profile_table,
-    resolve_action,
+    quarantine_folder,
 )
 
 SECRET = bytes(range(32))
@@ -88,15 +91,20 @@ def test_private_and_repeating_group_attributes_are_removed(deidentifier: Deiden
     assert not [e.tag for e in all_elements(out) if e.tag.is_private]
     assert 0x60004000 not in out  # overlay comments (60XX,4000)
     assert 0x50002500 not in out  # curve data (50XX,XXXX)
-    assert "RequestAttributesSequence" not in out
+    # X in the Basic Profile, C (cleaned item by item) under Clean Descriptors.
+    (request,) = out.RequestAttributesSequence
+    assert "RequestedProcedureID" not in request
+    assert request.AccessionNumber == ""
+    plain = Deidentifier(SECRET, DeidOptions(clean_descriptors=False)).deidentify(ct_dataset())
+    assert "RequestAttributesSequence" not in plain
 
 
 def test_sequences_not_in_the_table_are_walked(deidentifier: Deidentifier) -> None:
     out = deidentifier.deidentify(ct_dataset())
     (procedure,) = out.ProcedureCodeSequence
     assert procedure.CodeMeaning == "CT chest"
-    assert "RequestAttributesSequence" not in procedure
-    assert procedure.ContentCreatorName == "ANONYMIZED"  # Z/D -> D
+    assert "RequestedProcedureID" not in procedure.RequestAttributesSequence[0]
+    assert procedure.ContentCreatorName == ""  # Z/D: Z, as it is not a type 1 attribute
 
 
 def test_input_dataset_is_not_modified(deidentifier: Deidentifier) -> None:
@@ -112,11 +120,20 @@ def test_same_uid_gives_same_replacement_across_files(deidentifier: Deidentifier
     first = CtSpec(index=1)
     second = CtSpec(index=2, referenced_sop_instance_uid=first.sop_uid)
     out1 = deidentifier.deidentify(ct_dataset(first))
-    out2 = deidentifier.deidentify(ct_dataset(second))
+    with_reference = ct_dataset(second)
+    # A sequence the table does not list, walked: the UIDs in its items are replaced.
+    series = Dataset()
+    series.SeriesInstanceUID = second.series_instance_uid
+    series.ReferencedInstanceSequence = [copy.deepcopy(with_reference.ReferencedImageSequence[0])]
+    with_reference.ReferencedSeriesSequence = [series]
+    out2 = deidentifier.deidentify(with_reference)
     assert out1.StudyInstanceUID == out2.StudyInstanceUID
     assert out1.SeriesInstanceUID == out2.SeriesInstanceUID
     assert out1.SOPInstanceUID != out2.SOPInstanceUID
-    assert out2.ReferencedImageSequence[0].ReferencedSOPInstanceUID == out1.SOPInstanceUID
+    (reference,) = out2.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert reference.ReferencedSOPInstanceUID == out1.SOPInstanceUID
+    # X/Z/U*: Referenced Image Sequence is type 3 in the CT Image IOD, so it is removed.
+    assert "ReferencedImageSequence" not in out2
     assert out1.file_meta.MediaStorageSOPInstanceUID == out1.SOPInstanceUID
     other = Deidentifier(OTHER_SECRET).deidentify(ct_dataset(first))
     assert other.StudyInstanceUID != out1.StudyInstanceUID
@@ -152,7 +169,8 @@ def test_identity_removed_markers(deidentifier: Deidentifier) -> None:
     assert "Basic Application Confidentiality Profile" in out.DeidentificationMethod
     items = out.DeidentificationMethodCodeSequence
     codes = [(item.CodeValue, item.CodingSchemeDesignator) for item in items]
-    assert codes == [("113100", "DCM"), ("113109", "DCM")]
+    assert codes == [(c, "DCM") for c in ("113100", "113109", "113107", "113105", "113111")]
+    assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     assert "SourceApplicationEntityTitle" not in out.file_meta
 
 
@@ -162,9 +180,11 @@ def test_device_identity_retained_by_default_and_removable(deidentifier: Deident
     removed = Deidentifier(SECRET, DeidOptions(retain_device_identity=False)).deidentify(
         ct_dataset()
     )
-    assert (removed.DeviceSerialNumber, removed.StationName) == ("ANONYMIZED", "ANONYMIZED")
+    # X/Z/D, and both are type 3 in the CT Image IOD: removed.
+    assert "DeviceSerialNumber" not in removed
+    assert "StationName" not in removed
     codes = [i.CodeValue for i in removed.DeidentificationMethodCodeSequence]
-    assert codes == ["113100"]
+    assert "113109" not in codes
     for out in (kept, removed):  # not in Table E.1-1: the scanner group survives both
         assert (out.Manufacturer, out.ManufacturerModelName) == (MANUFACTURER, MODEL)
 
@@ -191,23 +211,37 @@ def test_written_file_passes_dcmdump(
 
 
 @pytest.mark.parametrize(
-    ("action", "resolved"),
-    [("X/Z", "Z"), ("X/D", "D"), ("Z/D", "D"), ("X/Z/D", "D"), ("X/Z/U*", "U"), ("K", "K")],
+    ("action", "by_type"),
+    [
+        ("X/Z", {"1": "Z", "2": "Z", "3": "X"}),
+        ("X/D", {"1": "D", "2": "D", "3": "X"}),
+        ("Z/D", {"1": "D", "2": "Z", "3": "Z"}),
+        ("X/Z/D", {"1": "D", "2": "Z", "3": "X"}),
+        ("X/Z/U*", {"1": "U", "2": "Z", "3": "X"}),
+        ("K", {"1": "K", "2": "K", "3": "K"}),
+    ],
 )
-def test_combined_actions_resolve_to_least_destructive(action: str, resolved: str) -> None:
-    assert resolve_action(action) == resolved
+def test_combined_actions_choose_by_attribute_type(action: str, by_type: dict[str, str]) -> None:
+    # PS3.15 E.1.1: X for type 3, Z for type 2, D (or U) for type 1.
+    assert {t: choose_action(action, t) for t in by_type} == by_type
 
 
 def test_profile_table_resolution() -> None:
     table = load_profile_table(DeidOptions())
     assert len(table.exact) + len(table.masked) == 620  # 621 rows less the private row
     assert table.action(0x00100010) == "Z"  # Patient's Name
-    assert table.action(0x00100020) == "D"  # Patient ID, Z/D
+    assert table.action(0x00100020) == "Z/D"  # Patient ID: chosen per IOD type
     assert table.action(0x00080070) is None  # Manufacturer: not listed, kept
     assert table.action(0x601E4000) == "X"  # overlay comments of another overlay group
     assert table.action(0x50100030) == "X"  # any curve data element
     assert table.action(0x00181000) == "K"  # Device Serial Number, retained
-    assert load_profile_table(DeidOptions(retain_device_identity=False)).action(0x00181000) == "D"
+    no_device = DeidOptions(retain_device_identity=False)
+    assert load_profile_table(no_device).action(0x00181000) == "X/Z/D"
+    assert table.action(0x00080020) == "C"  # Study Date: shifted (Retain Modified Dates)
+    assert table.action(0x0008103E) == "C"  # Series Description: cleaned (Clean Descriptors)
+    # Date of Last Detector Calibration: device identity keeps (K), modified dates clean (C):
+    # the option that cleans wins.
+    assert table.action(0x0018700C) == "C"
     with pytest.raises(DeidError, match="not found"):
         load_profile_table(DeidOptions(), Path("/nonexistent/table.json"))
 
@@ -234,20 +268,30 @@ def test_deidentify_tree_writes_copies_and_a_complete_log(tmp_path: Path) -> Non
         in_dir, out_dir, SECRET, progress=lambda done, total: calls.append((done, total))
     )
 
-    assert (report.files_seen, report.written, report.failed) == (4, 2, 2)
+    assert (report.received, report.stored, report.quarantined) == (4, 2, 2)
+    assert report.quarantine_reasons == {"not DICOM": 1, "duplicate SOP Instance UID": 1}
     assert calls[-1] == (4, 4)
     assert _hashes(in_dir) == originals
     deidentifier = Deidentifier(SECRET)
     expected = {f"{deidentifier.replace_uid(CtSpec(index=i).sop_uid)}.dcm" for i in (1, 2)}
-    assert {p.name for p in out_dir.glob("*.dcm")} == expected
-    with (out_dir / DEID_LOG_NAME).open(newline="") as handle:
+    assert {p.name for p in out_dir.iterdir()} == expected | {DEID_REPORT_NAME}
+    saved = json.loads((out_dir / DEID_REPORT_NAME).read_text())
+    assert (saved["received"], saved["stored"], saved["quarantined"]) == (4, 2, 2)
+    assert saved["deidentification"]["options"][0] == "Retain Device Identity Option"
+    held = quarantine_folder(out_dir)
+    assert held == tmp_path / "out-quarantine"
+    with (held / "quarantine.csv").open(newline="") as handle:
+        quarantined = {row["source"]: row for row in csv.DictReader(handle)}
+    assert set(quarantined) == {"notes.txt", "DOE_JOHN/z-copy.dcm"}
+    assert (held / quarantined["notes.txt"]["copy"]).read_text() == "DOE^JOHN called back"
+    with (held / DEID_LOG_NAME).open(newline="") as handle:
         log = {row["input"]: row for row in csv.DictReader(handle)}
     assert set(log) == {"DOE_JOHN/1.dcm", "DOE_JOHN/2.dcm", "DOE_JOHN/z-copy.dcm", "notes.txt"}
-    assert log["notes.txt"]["status"] == "failed"
+    assert log["notes.txt"]["status"] == "quarantined"
     assert log["notes.txt"]["reason"].startswith("not DICOM")
     assert log["DOE_JOHN/1.dcm"]["status"] == "ok"
     assert "duplicate SOP Instance UID" in log["DOE_JOHN/z-copy.dcm"]["reason"]
-    for path in out_dir.glob("*.dcm"):
+    for path in out_dir.iterdir():  # nothing in the output names an input
         raw = path.read_bytes()
         assert not [s for s in PHI_STRINGS if s.encode() in raw]
     with pytest.raises(DeidError, match="inside the input folder"):

@@ -16,6 +16,7 @@ import pytest
 from dicom_factory import (
     MANUFACTURER,
     MODEL,
+    PATIENT_NAME,
     PHI_STRINGS,
     CtSpec,
     compress_with_dcmtk,
@@ -28,7 +29,8 @@ from PIL import Image
 
 from site_client.decode import decode_image
 from site_client.deid import Deidentifier
-from site_client.ingest import QUARANTINE_LOG, IngestError, assign_splits, ingest_site
+from site_client.ingest import IngestError, assign_splits, ingest_site
+from site_client.quarantine import StoreQuarantine
 from site_client.store import SiteStore
 from task.labels import LabelsFileError
 
@@ -139,20 +141,27 @@ def test_ingest_stores_good_files_and_quarantines_the_rest(
         progress=lambda done, total: calls.append((done, total)),
     )
 
-    assert report.files_seen == GOOD + sum(EXPECTED_QUARANTINE.values())
-    assert report.files_seen == report.ingested + report.already_stored + report.quarantined
-    assert (report.ingested, report.already_stored) == (GOOD, 0)
+    assert report.received == GOOD + sum(EXPECTED_QUARANTINE.values())
+    assert report.received == report.stored + report.already_stored + report.quarantined
+    assert (report.stored, report.already_stored) == (GOOD, 0)
     assert report.quarantine_reasons == EXPECTED_QUARANTINE
     assert report.label_rows_missing_file == [(site_input.ghost_line, "DOE_JOHN/ghost.dcm")]
     assert [(path, reason) for _, path, reason in report.label_row_errors] == [
         ("DOE_JOHN/badlabel.dcm", "label must be 0 or 1, got '2'")
     ]
-    assert calls[-1] == (report.files_seen, report.files_seen)
-    assert json.loads(store.ingest_report_path.read_text())["ingested"] == GOOD
+    assert calls[-1] == (report.received, report.received)
+    assert report.path is not None and report.path.parent == store.intake_reports_dir
+    saved = json.loads(report.path.read_text())
+    assert (saved["kind"], saved["received"], saved["stored"]) == ("ingest", report.received, GOOD)
+    assert saved["quarantine_reasons"] == EXPECTED_QUARANTINE
+    assert saved["label_problems"] == 2
+    assert saved["deidentification"]["profile"] == "Basic Application Confidentiality Profile"
+    # The report is counts only: no input path, name or UID.
+    assert not [s for s in (*PHI_STRINGS, "DOE_JOHN", ".dcm") if s in report.path.read_text()]
 
-    with (store.quarantine_dir / QUARANTINE_LOG).open(newline="") as handle:
-        quarantined = {row["source"]: row for row in csv.DictReader(handle)}
-    reasons = {source: row["category"] for source, row in quarantined.items()}
+    quarantine = StoreQuarantine(store)
+    quarantined = {e.source: e for e in quarantine.entries()}
+    reasons = {source: e.category for source, e in quarantined.items()}
     assert reasons == {
         "DOE_JOHN/notes.txt": "not DICOM",
         "DOE_JOHN/trunc.dcm": "truncated pixel data",
@@ -162,11 +171,16 @@ def test_ingest_stores_good_files_and_quarantines_the_rest(
         "DOE_JOHN/badmask.dcm": "mask problem",
         "DOE_JOHN/zz_duplicate.dcm": "duplicate SOP Instance UID",
     }
-    for source, row in quarantined.items():
-        assert re.fullmatch(r"\d{5}_.+", row["copy"])
-        copy = store.quarantine_dir / row["copy"]
-        assert copy.read_bytes() == (site_input.dicom_dir / source).read_bytes()
-        assert row["reason"] and "\n" not in row["reason"]
+    original = (site_input.dicom_dir / "DOE_JOHN/nolabel.dcm").read_bytes()
+    for source, entry in quarantined.items():
+        assert re.fullmatch(r"\d{5}\.dcm", entry.copy)  # never the original's name
+        assert quarantine.read_copy(entry.copy) == (site_input.dicom_dir / source).read_bytes()
+        assert entry.reason and "\n" not in entry.reason
+        # Encrypted at rest: the copy on disk holds none of the original's bytes.
+        on_disk = (store.store_dir / "quarantine" / f"{entry.copy}.enc").read_bytes()
+        assert PATIENT_NAME.encode() not in on_disk
+    assert original[-64:] not in b"".join(p.read_bytes() for p in store.root.rglob("*.enc"))
+    assert not list(store.root.rglob("quarantine.csv"))  # only its encrypted form
 
 
 def test_manifest_and_stored_cases(site_input: SiteInput, store: SiteStore) -> None:
@@ -196,13 +210,13 @@ def test_manifest_and_stored_cases(site_input: SiteInput, store: SiteStore) -> N
 def test_reingest_changes_nothing(site_input: SiteInput, store: SiteStore) -> None:
     first = ingest_site(store, site_input.dicom_dir, site_input.labels_csv)
     store_before = tree_hashes(store.store_dir)
-    quarantine_before = tree_hashes(store.quarantine_dir)
     again = ingest_site(store, site_input.dicom_dir, site_input.labels_csv)
-    assert (again.ingested, again.already_stored) == (0, GOOD)
+    assert (again.stored, again.already_stored) == (0, GOOD)
     assert again.quarantined == first.quarantined
-    assert again.files_seen == again.ingested + again.already_stored + again.quarantined
+    assert again.received == again.stored + again.already_stored + again.quarantined
+    # The store (quarantine included) is unchanged: a known quarantined file is not re-added.
     assert tree_hashes(store.store_dir) == store_before
-    assert tree_hashes(store.quarantine_dir) == quarantine_before
+    assert len(list(store.intake_reports_dir.iterdir())) == 2  # one report per session
 
 
 def test_originals_untouched_and_store_holds_nothing_identifying(
@@ -237,7 +251,7 @@ def test_labels_and_masks_inside_the_dicom_folder_are_not_candidates(
     labels_csv = dicom / "labels.csv"
     labels_csv.write_text("path,label,mask\na.dcm,1,a-mask.png\n")
     report = ingest_site(store, dicom, labels_csv)
-    assert (report.files_seen, report.ingested, report.quarantined) == (1, 1, 0)
+    assert (report.received, report.stored, report.quarantined) == (1, 1, 0)
 
 
 def test_unusable_inputs_raise_clear_errors(tmp_path: Path, store: SiteStore) -> None:
@@ -284,12 +298,11 @@ def test_compressed_files_are_ingested_and_undecodable_ones_quarantined(
     labels.write_text("path,label\n" + "".join(f"{name},{i % 2}\n" for i, name in enumerate(tools)))
 
     report = ingest_site(store, dicom, labels)
-    assert (report.ingested, report.quarantined) == (3, 1)
+    assert (report.stored, report.quarantined) == (3, 1)
     assert report.quarantine_reasons == {"undecodable pixels": 1}
-    with (store.quarantine_dir / QUARANTINE_LOG).open(newline="") as handle:
-        (row,) = list(csv.DictReader(handle))
-    assert row["source"] == "jpeg-12bit-lossy.dcm"
-    assert "JPEG Extended" in row["reason"]
+    (entry,) = StoreQuarantine(store).entries()
+    assert entry.source == "jpeg-12bit-lossy.dcm"
+    assert "JPEG Extended" in entry.reason
     stored = {r.case_id: store.load_image(r.case_id) for r in store.read_manifest()}
     for name in ("jpeg-lossless.dcm", "jpeg-ls.dcm", "rle.dcm"):
         assert any(np.array_equal(image, expected[name]) for image in stored.values()), name

@@ -1,0 +1,66 @@
+"""The intake report: what one ingest, receive or deid session did, in counts only (no
+paths, names or UIDs), so that it may be shown to anyone. Written as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class IntakeReport:
+    """Counts of one intake session; ``received == stored + already_stored + quarantined``.
+
+    kind: ``ingest``, ``receive`` or ``deid``.
+    received: files found (ingest, deid) or instances received (receive).
+    quarantine_reasons: reason category -> number of instances.
+    splits: split -> number of newly stored cases (ingest).
+    label_problems: labels.csv rows naming no file or unusable (ingest).
+    deidentification: the profile, its options and the table's SHA-256 (`Deidentifier.method`).
+    """
+
+    kind: str
+    deidentification: dict[str, object]
+    started: str = field(default_factory=_now)
+    finished: str = ""
+    received: int = 0
+    stored: int = 0
+    already_stored: int = 0
+    quarantined: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    burned_in_masked: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    label_problems: int = 0
+
+    def count_quarantined(self, category: str) -> None:
+        """Count one quarantined instance."""
+        self.quarantined += 1
+        self.quarantine_reasons[category] = self.quarantine_reasons.get(category, 0) + 1
+
+    def write(self, folder: Path) -> Path:
+        """Write the report, finished now, as ``folder/<finished>-<kind>.json``; returns
+        the path."""
+        self.finished = _now()
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = self.finished.replace(":", "").replace("+0000", "Z")
+        path = folder / f"{stamp}-{self.kind}.json"
+        serial = 1
+        while path.exists():
+            serial += 1
+            path = folder / f"{stamp}-{self.kind}-{serial}.json"
+        self.write_to(path)
+        return path
+
+    def write_to(self, path: Path) -> None:
+        """Write the report, finished now (unless already), to ``path``."""
+        self.finished = self.finished or _now()
+        # Only the report's own fields: a subclass may hold per-file details for the console.
+        content = {f.name: getattr(self, f.name) for f in fields(IntakeReport)}
+        path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        return path
