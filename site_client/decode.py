@@ -6,8 +6,10 @@ OpenJPEG (JPEG 2000). 12-bit JPEG Extended needs pylibjpeg-libjpeg, which is GPL
 and therefore not a dependency: such files are quarantined unless a site installs it.
 
 `decode_image` gives every image the same meaning: pixel values after the modality LUT
-(Hounsfield units for CT) and MONOCHROME2 polarity (higher is brighter). What it cannot
-decode raises `DecodeError` with a category (for quarantine counts) and a one-line reason.
+(Hounsfield units for CT) and MONOCHROME2 polarity (higher is brighter). A multi-frame
+instance gives its middle frame (`representative_frame`), with that frame's rescale from
+the per-frame or shared functional groups (enhanced IODs). What it cannot decode raises
+`DecodeError` with a category (for quarantine counts) and a one-line reason.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, pixel_array
 
 UNKNOWN = "UNKNOWN"
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -33,7 +35,6 @@ class DecodeProblem(StrEnum):
     NOT_DICOM = "not DICOM"
     UNREADABLE = "unreadable DICOM"
     NO_PIXELS = "no pixel data"
-    MULTI_FRAME = "multi-frame"
     COLOUR = "colour"
     TRUNCATED = "truncated pixel data"
     UNDECODABLE = "undecodable pixels"
@@ -80,18 +81,62 @@ def scanner_group(ds: Dataset) -> tuple[str, str]:
     return manufacturer, model
 
 
-def decode_image(ds: Dataset) -> np.ndarray:
-    """The single-frame greyscale image of ``ds`` as float32 (rows, columns).
+def representative_frame(ds: Dataset) -> int:
+    """The 0-based index of the frame that stands for a multi-frame instance: the middle
+    one (of 1 frame, frame 0), where a volume or a cine loop is most likely to show the
+    anatomy the label is about."""
+    return _frame_count(ds) // 2
 
-    The modality LUT (rescale slope/intercept or LUT sequence) is applied, and MONOCHROME1
-    images are inverted over their representable output range so that every image has
-    MONOCHROME2 polarity. Raises `DecodeError` for what cannot be decoded.
+
+def _frame_count(ds: Dataset) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames") or 1), 1)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(
+            DecodeProblem.UNDECODABLE, f"invalid NumberOfFrames {ds.NumberOfFrames!r}"
+        ) from exc
+
+
+def frame_rescale(ds: Dataset, frame: int) -> Dataset:
+    """The dataset whose modality LUT applies to ``frame`` of ``ds``: ``ds`` itself, or, for
+    an enhanced multi-frame IOD, the frame's Pixel Value Transformation (per-frame
+    functional group, else shared) carried on a copy of the pixel module attributes."""
+    for groups in (
+        ds.get("PerFrameFunctionalGroupsSequence"),
+        ds.get("SharedFunctionalGroupsSequence"),
+    ):
+        if not groups:
+            continue
+        item = groups[frame] if len(groups) > frame else groups[0]
+        transform = item.get("PixelValueTransformationSequence")
+        if transform:
+            rescale = Dataset()
+            for keyword in ("BitsStored", "PixelRepresentation"):
+                rescale[keyword] = ds[keyword]
+            for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+                if keyword in transform[0]:
+                    rescale[keyword] = transform[0][keyword]
+            return rescale
+    return ds
+
+
+def decode_image(ds: Dataset) -> np.ndarray:
+    """The greyscale image of ``ds`` as float32 (rows, columns): its only frame, or its
+    `representative_frame`.
+
+    The modality LUT (rescale slope/intercept or LUT sequence; per frame for enhanced
+    IODs) is applied, and MONOCHROME1 images are inverted over their representable output
+    range so that every image has MONOCHROME2 polarity. Raises `DecodeError` for what cannot
+    be decoded.
     """
     _check_decodable(ds)
+    frame = representative_frame(ds)
     try:
-        image = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
+        stored = pixel_array(ds, index=frame) if _frame_count(ds) > 1 else ds.pixel_array
+        rescale = frame_rescale(ds, frame)
+        image = np.asarray(apply_modality_lut(stored, rescale), dtype=np.float64)
         if ds.PhotometricInterpretation == "MONOCHROME1":
-            lo, hi = _output_range(ds)
+            lo, hi = _output_range(ds, rescale)
             image = (lo + hi) - image
     except Exception as exc:  # missing decoder plugins, corrupt streams, malformed LUTs, ...
         syntax = ds.file_meta.TransferSyntaxUID
@@ -102,11 +147,6 @@ def decode_image(ds: Dataset) -> np.ndarray:
 def _check_decodable(ds: Dataset) -> None:
     if "PixelData" not in ds:
         raise DecodeError(DecodeProblem.NO_PIXELS, "no Pixel Data (7FE0,0010) element")
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if frames > 1:
-        raise DecodeError(
-            DecodeProblem.MULTI_FRAME, f"multi-frame not supported yet ({frames} frames)"
-        )
     samples = ds.get("SamplesPerPixel", 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if samples != 1 or photometric not in MONOCHROME:
@@ -123,23 +163,25 @@ def _check_decodable(ds: Dataset) -> None:
     if syntax is None:
         raise DecodeError(DecodeProblem.UNDECODABLE, "no Transfer Syntax UID in the file meta")
     if not syntax.is_compressed:
-        expected = math.ceil(ds.Rows * ds.Columns * ds.BitsAllocated / 8)
+        frames = _frame_count(ds)
+        expected = math.ceil(frames * ds.Rows * ds.Columns * ds.BitsAllocated / 8)
         actual = len(ds.PixelData)
         if actual < expected:
             raise DecodeError(
                 DecodeProblem.TRUNCATED,
-                f"pixel data has {actual} bytes, {ds.Rows}x{ds.Columns} pixels of "
-                f"{ds.BitsAllocated} bits need {expected} (truncated file?)",
+                f"pixel data has {actual} bytes, {frames} frame(s) of {ds.Rows}x{ds.Columns} "
+                f"pixels of {ds.BitsAllocated} bits need {expected} (truncated file?)",
             )
 
 
-def _output_range(ds: Dataset) -> tuple[float, float]:
-    """Modality-LUT outputs of the smallest and largest storable values, low first."""
+def _output_range(ds: Dataset, rescale: Dataset) -> tuple[float, float]:
+    """Modality-LUT (that of ``rescale``) outputs of the smallest and largest storable
+    values of ``ds``, low first."""
     bits, signed = ds.BitsStored, ds.PixelRepresentation == 1
     storable = (
         np.array([-(1 << (bits - 1)), (1 << (bits - 1)) - 1])
         if signed
         else np.array([0, (1 << bits) - 1])
     )
-    ends = np.asarray(apply_modality_lut(storable, ds), dtype=np.float64)
+    ends = np.asarray(apply_modality_lut(storable, rescale), dtype=np.float64)
     return float(ends.min()), float(ends.max())

@@ -37,13 +37,13 @@ _VOCABULARY = """
     HELICAL SPIRAL SEQUENTIAL RECON MIP MINIP MPR VR REFORMAT THIN THICK SLICE SLICES
     SHARP SMOOTH KERNEL LOW HIGH DOSE ULTRA RES RESOLUTION
     CONTRAST NONCONTRAST C PRE POST DELAYED ARTERIAL VENOUS PORTAL EARLY LATE NATIVE
-    W WO WITH WITHOUT AND OR OF THE TO IV ORAL
+    W WO W/O WITH WITHOUT AND OR OF THE TO IV ORAL
     MM CM SEC MS
 """
 SAFE_DESCRIPTOR_WORDS = frozenset(_VOCABULARY.split())
 #: A short number, alone or with a unit or sequence letter (``5MM``, ``2.5``, ``3D``).
 _SHORT_NUMBER = re.compile(r"^\d{1,3}(\.\d{1,2})?[A-Z]{0,2}$")
-_WORD = re.compile(r"[A-Za-z0-9.+]+")
+_WORD = re.compile(r"[A-Za-z0-9.+/]+")
 
 #: Private attributes kept under Retain Safe Private: (private creator, element byte).
 #: Each carries an acquisition parameter (no date, name, identifier or free text).

@@ -20,6 +20,7 @@ from dicom_factory import (
     write_ct,
 )
 from pydicom import uid
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless
@@ -30,6 +31,7 @@ from site_client.decode import (
     DecodeProblem,
     decode_image,
     read_dicom,
+    representative_frame,
     scanner_group,
 )
 
@@ -104,7 +106,6 @@ def _bad_bits_allocated() -> Dataset:
     ("make", "category", "text"),
     [
         (lambda: ct_dataset(CtSpec(with_pixels=False)), DecodeProblem.NO_PIXELS, "Pixel Data"),
-        (lambda: ct_dataset(CtSpec(frames=3)), DecodeProblem.MULTI_FRAME, "multi-frame"),
         (
             lambda: ct_dataset(CtSpec(samples_per_pixel=3, photometric="RGB")),
             DecodeProblem.COLOUR,
@@ -128,9 +129,64 @@ def test_decode_errors(make: Callable[[], Dataset], category: DecodeProblem, tex
     assert "\n" not in str(caught.value)
 
 
-def test_multi_frame_message() -> None:
-    with pytest.raises(DecodeError, match="multi-frame not supported yet"):
-        decode_image(ct_dataset(CtSpec(frames=2)))
+def _three_frames(ds: Dataset) -> np.ndarray:
+    """Give ``ds`` (3 frames) distinct frames: frame i holds a quarter of the first frame
+    plus 100 i (within the storable range)."""
+    stored = ds.pixel_array[0].astype(np.int32) // 4
+    frames = np.stack([stored + 100 * i for i in range(3)]).astype(ds.pixel_array.dtype)
+    ds.PixelData = frames.tobytes()
+    return frames
+
+
+def test_multi_frame_gives_the_middle_frame_with_the_modality_lut() -> None:
+    ds = ct_dataset(CtSpec(frames=3))
+    frames = _three_frames(ds)
+    assert representative_frame(ds) == 1
+    expected = frames[1] * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_allclose(decode_image(ds), expected)
+
+
+def test_enhanced_multi_frame_uses_the_frame_s_own_rescale() -> None:
+    ds = ct_dataset(CtSpec(frames=3))
+    frames = _three_frames(ds)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    per_frame = []
+    for i in range(3):
+        transform = Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept = 2.0, -1000.0 - 10 * i
+        transform.RescaleType = "HU"
+        item = Dataset()
+        item.PixelValueTransformationSequence = [transform]
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    np.testing.assert_allclose(decode_image(ds), frames[1] * 2.0 - 1010.0)
+    # Shared functional groups apply when no frame has its own.
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = [per_frame[2].PixelValueTransformationSequence[0]]
+    del ds.PerFrameFunctionalGroupsSequence
+    ds.SharedFunctionalGroupsSequence = [shared]
+    np.testing.assert_allclose(decode_image(ds), frames[1] * 2.0 - 1020.0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["emri_small_jpeg_2k_lossless.dcm", "emri_small_RLE.dcm", "emri_small_jpeg_ls_lossless.dcm"],
+)
+def test_compressed_multi_frame_decodes_like_its_uncompressed_twin(name: str) -> None:
+    # Real 10-frame MR files from pydicom's test data (pydicom-data).
+    plain = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
+    compressed = pydicom.dcmread(get_testdata_file(name))
+    assert int(compressed.NumberOfFrames) == 10
+    np.testing.assert_array_equal(decode_image(compressed), decode_image(plain))
+    np.testing.assert_array_equal(decode_image(plain), plain.pixel_array[5])
+
+
+def test_truncated_multi_frame_is_named() -> None:
+    ds = ct_dataset(CtSpec(frames=3))
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    with pytest.raises(DecodeError, match="3 frame") as caught:
+        decode_image(ds)
+    assert caught.value.category == DecodeProblem.TRUNCATED
 
 
 def test_scanner_group() -> None:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -296,3 +297,76 @@ def test_deidentify_tree_writes_copies_and_a_complete_log(tmp_path: Path) -> Non
         assert not [s for s in PHI_STRINGS if s.encode() in raw]
     with pytest.raises(DeidError, match="inside the input folder"):
         deidentify_tree(in_dir, in_dir / "out", SECRET)
+
+
+def test_dates_shift_consistently_per_patient_and_differ_between_patients(
+    deidentifier: Deidentifier,
+) -> None:
+    first, second = ct_dataset(CtSpec(index=1)), ct_dataset(CtSpec(index=2))
+    second.StudyDate = "20240320"  # five days later, same patient
+    out1, out2 = deidentifier.deidentify(first), deidentifier.deidentify(second)
+    shift = deidentifier.date_shift(PATIENT_ID)
+    assert (out1.StudyDate, out1.StudyTime) == shift.date_and_time("20240315", "101530")
+    assert out1.StudyDate != "20240315" and out1.StudyTime != "101530"
+    gap = datetime.strptime(out2.StudyDate, "%Y%m%d") - datetime.strptime(out1.StudyDate, "%Y%m%d")
+    assert gap.days == 5
+    other = deidentifier.deidentify(ct_dataset(CtSpec(index=3, patient_id="OTHER-1")))
+    assert other.StudyDate != out1.StudyDate
+    assert "PatientBirthDate" not in out1 or out1.PatientBirthDate == ""  # not shifted: Z/X
+    removed = Deidentifier(SECRET, DeidOptions(retain_modified_dates=False)).deidentify(first)
+    assert removed.StudyDate == ""  # Z: type 2 in the CT Image IOD
+    assert removed.LongitudinalTemporalInformationModified == "REMOVED"
+
+
+def test_an_invalid_date_is_emptied_not_kept(deidentifier: Deidentifier) -> None:
+    ds = ct_dataset()
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):
+        ds.StudyDate = "2024-03-15"  # as some exports write it
+    assert deidentifier.deidentify(ds).StudyDate == ""
+
+
+def test_descriptors_are_cleaned_to_safe_words(deidentifier: Deidentifier) -> None:
+    ds = ct_dataset()
+    ds.SeriesDescription = "AX T1 post for DOE^JOHN"
+    out = deidentifier.deidentify(ds)
+    assert out.StudyDescription == "CT"  # "CT for DOE^JOHN"
+    assert out.SeriesDescription == "AX T1 POST"
+    assert out.ImageComments == "CHEST"  # "chest pain after fall"
+    plain = Deidentifier(SECRET, DeidOptions(clean_descriptors=False)).deidentify(ds)
+    assert "SeriesDescription" not in plain and "ImageComments" not in plain
+
+
+def test_safe_private_attributes_are_kept_only_when_listed_and_numeric(
+    deidentifier: Deidentifier,
+) -> None:
+    ds = ct_dataset()
+    block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    block.add_new(0x0C, "IS", "1000")  # B value: on the safe-list
+    block.add_new(0x10, "LO", "DOE^JOHN")  # not listed
+    text = ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+    text.add_new(0x39, "LO", "DOE^JOHN")  # listed, but text: dropped
+    out = deidentifier.deidentify(ds)
+    kept = out.private_block(0x0019, "SIEMENS MR HEADER")
+    assert kept[0x0C].value == "1000"
+    assert [e.tag for e in all_elements(out) if e.tag.is_private] == [0x00190010, 0x0019100C]
+    plain = Deidentifier(SECRET, DeidOptions(retain_safe_private=False)).deidentify(ds)
+    assert not [e.tag for e in all_elements(plain) if e.tag.is_private]
+
+
+def test_overlays_are_removed_whole(deidentifier: Deidentifier) -> None:
+    ds = ct_dataset()
+    ds.add_new(0x60020010, "US", 16)  # Overlay Rows of a second overlay
+    ds.add_new(0x60023000, "OW", bytes(32))  # its data
+    out = deidentifier.deidentify(ds)
+    assert not [e.tag for e in out if 0x6000 <= e.tag.group <= 0x601E]
+
+
+def test_combined_actions_follow_the_iod(deidentifier: Deidentifier) -> None:
+    # Device Serial Number (X/Z/D) is type 1 in the Enhanced MR Image IOD (Enhanced
+    # General Equipment) and type 3 in the CT Image IOD.
+    options = DeidOptions(retain_device_identity=False)
+    enhanced = ct_dataset()
+    enhanced.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    out = Deidentifier(SECRET, options).deidentify(enhanced)
+    assert out.DeviceSerialNumber == "ANONYMIZED"
+    assert "DeviceSerialNumber" not in Deidentifier(SECRET, options).deidentify(ct_dataset())
