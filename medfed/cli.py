@@ -234,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=True,
             help=f"profile option: {what} (default: on; --no-{flag} turns it off)",
         )
+    deid.add_argument(
+        "--allow-burned-in-text",
+        action="store_true",
+        help="also write images that may carry text burned into their pixels (ultrasound, "
+        "secondary captures, radiographs not stating BurnedInAnnotation NO), which header "
+        "de-identification cannot remove; default: quarantine them",
+    )
     deid.set_defaults(run=_deid)
 
     site = commands.add_parser("site", help="site operations", description="Operations at a site.")
@@ -371,7 +378,8 @@ def _phantoms(args: argparse.Namespace) -> None:
 
 
 def _deid(args: argparse.Namespace) -> None:
-    from site_client.deid import DEID_REPORT_NAME, DeidOptions, deidentify_tree, quarantine_folder
+    from site_client.deid import DeidOptions
+    from site_client.deid_tree import DEID_REPORT_NAME, deidentify_tree, quarantine_folder
 
     if args.key is None:
         secret = secrets.token_bytes(32)
@@ -386,15 +394,20 @@ def _deid(args: argparse.Namespace) -> None:
         retain_safe_private=args.safe_private,
     )
     report = deidentify_tree(
-        args.in_dir, args.out_dir, secret, lambda d, t: progress("files", d, t), options
+        args.in_dir,
+        args.out_dir,
+        secret,
+        lambda d, t: progress("files", d, t),
+        options,
+        allow_burned_in_text=args.allow_burned_in_text,
     )
     print(
         f"{report.received} files: {report.stored} de-identified into {args.out_dir}, "
         f"{report.quarantined} quarantined"
     )
     for entry in report.entries:
-        if entry.status != "ok":
-            print(f"  quarantined {entry.source}: {entry.reason}")
+        if entry.category:
+            print(f"  quarantined {entry.source}: {entry.category}: {entry.reason}")
     print(
         f"report: {args.out_dir / DEID_REPORT_NAME}; quarantine and per-file log (site only): "
         f"{quarantine_folder(args.out_dir.resolve())}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, pixel_array
 
@@ -40,12 +41,17 @@ class DecodeProblem(StrEnum):
     UNDECODABLE = "undecodable pixels"
 
 
-class DecodeError(ValueError):
-    """A file or dataset yields no image; ``category`` says why, the message says what."""
+class UnusableInput(ValueError):
+    """An input that goes to quarantine: ``category`` (a reason category such as a
+    `DecodeProblem`) says why, the one-line message says what."""
 
-    def __init__(self, category: DecodeProblem, reason: str) -> None:
+    def __init__(self, category: StrEnum, reason: str) -> None:
         super().__init__(reason)
         self.category = category
+
+
+class DecodeError(UnusableInput):
+    """A file or dataset yields no image (``category`` is a `DecodeProblem`)."""
 
 
 def one_line(exc: BaseException) -> str:
@@ -144,6 +150,29 @@ def decode_image(ds: Dataset) -> np.ndarray:
     return image.astype(np.float32)
 
 
+def verify_pixels(ds: Dataset) -> None:
+    """Check that ``ds`` holds a whole image (any photometric interpretation): uncompressed
+    pixel data as long as its frames need; compressed pixel data with a fragment stream for
+    every frame, whose first frame decodes. Raises `DecodeError` otherwise."""
+    _check_pixel_data(ds)
+    syntax = ds.file_meta.TransferSyntaxUID
+    if not syntax.is_compressed:
+        return
+    expected = _frame_count(ds)
+    try:
+        found = sum(1 for _ in generate_frames(ds.PixelData, number_of_frames=expected))
+        if found < expected:
+            raise DecodeError(
+                DecodeProblem.TRUNCATED, f"{syntax.name}: {found} of {expected} frames present"
+            )
+        # Decoding is the check; raw: no colour conversion of what is not kept.
+        pixel_array(ds, index=0, raw=True)
+    except DecodeError:
+        raise
+    except Exception as exc:  # missing decoder plugins, corrupt streams, ...
+        raise DecodeError(DecodeProblem.UNDECODABLE, f"{syntax.name}: {one_line(exc)}") from exc
+
+
 def _check_decodable(ds: Dataset) -> None:
     if "PixelData" not in ds:
         raise DecodeError(DecodeProblem.NO_PIXELS, "no Pixel Data (7FE0,0010) element")
@@ -155,6 +184,13 @@ def _check_decodable(ds: Dataset) -> None:
             f"only greyscale images are supported (SamplesPerPixel {samples}, "
             f"PhotometricInterpretation {photometric or 'missing'})",
         )
+    _check_pixel_data(ds)
+
+
+def _check_pixel_data(ds: Dataset) -> None:
+    """Pixel data present, its module complete, and (uncompressed) not cut short."""
+    if "PixelData" not in ds:
+        raise DecodeError(DecodeProblem.NO_PIXELS, "no Pixel Data (7FE0,0010) element")
     missing = [keyword for keyword in _REQUIRED_PIXEL_MODULE if ds.get(keyword) is None]
     if missing:
         raise DecodeError(DecodeProblem.UNDECODABLE, f"missing {', '.join(missing)}")
@@ -164,13 +200,14 @@ def _check_decodable(ds: Dataset) -> None:
         raise DecodeError(DecodeProblem.UNDECODABLE, "no Transfer Syntax UID in the file meta")
     if not syntax.is_compressed:
         frames = _frame_count(ds)
-        expected = math.ceil(frames * ds.Rows * ds.Columns * ds.BitsAllocated / 8)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        expected = math.ceil(frames * samples * ds.Rows * ds.Columns * ds.BitsAllocated / 8)
         actual = len(ds.PixelData)
         if actual < expected:
             raise DecodeError(
                 DecodeProblem.TRUNCATED,
                 f"pixel data has {actual} bytes, {frames} frame(s) of {ds.Rows}x{ds.Columns} "
-                f"pixels of {ds.BitsAllocated} bits need {expected} (truncated file?)",
+                f"pixels of {samples}x{ds.BitsAllocated} bits need {expected} (truncated file?)",
             )
 
 

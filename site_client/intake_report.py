@@ -1,12 +1,26 @@
 """The intake report: what one ingest, receive or deid session did, in counts only (no
-paths, names or UIDs), so that it may be shown to anyone. Written as JSON."""
+paths, names or UIDs), so that it may be shown to anyone. Written as JSON. And the reasons
+intake turns an instance away (decoding has its own, `site_client.decode.DecodeProblem`)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
+
+
+class IntakeProblem(StrEnum):
+    """Quarantine reason categories found at intake (decoding has `DecodeProblem`)."""
+
+    NO_UID = "no SOP Instance UID"
+    DUPLICATE = "duplicate SOP Instance UID"
+    DEID_FAILED = "de-identification failed"
+    NO_LABEL = "no label"
+    INVALID_LABEL = "invalid label row"
+    MASK = "mask problem"
+    BURNED_IN_TEXT = "may carry burned-in text"
 
 
 def _now() -> str:
@@ -15,11 +29,14 @@ def _now() -> str:
 
 @dataclass
 class IntakeReport:
-    """Counts of one intake session; ``received == stored + already_stored + quarantined``.
+    """Counts of one intake session; ``received == stored + already_stored + quarantined +
+    failed``.
 
     kind: ``ingest``, ``receive`` or ``deid``.
     received: files found (ingest, deid) or instances received (receive).
     quarantine_reasons: reason category -> number of instances.
+    failed: instances refused because keeping them failed (disk, encryption; receive: the
+        sender was told to try again), so that they are in neither the store nor the quarantine.
     splits: split -> number of newly stored cases (ingest).
     label_problems: labels.csv rows naming no file or unusable (ingest).
     deidentification: the profile, its options and the table's SHA-256 (`Deidentifier.method`).
@@ -34,6 +51,7 @@ class IntakeReport:
     already_stored: int = 0
     quarantined: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
     burned_in_masked: int = 0
     splits: dict[str, int] = field(default_factory=dict)
     label_problems: int = 0
@@ -58,9 +76,11 @@ class IntakeReport:
         return path
 
     def write_to(self, path: Path) -> None:
-        """Write the report, finished now (unless already), to ``path``."""
+        """Write the report, finished now (unless already), to ``path``, atomically (a
+        receiver rewrites its report while it runs)."""
         self.finished = self.finished or _now()
         # Only the report's own fields: a subclass may hold per-file details for the console.
         content = {f.name: getattr(self, f.name) for f in fields(IntakeReport)}
-        path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-        return path
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)

@@ -16,8 +16,10 @@ from importlib import resources
 _DEMAND = {"1": 3, "1C": 3, "2": 2, "2C": 2, "3": 1}
 _TYPE_OF_DEMAND = {3: "1", 2: "2", 1: "3"}
 
+#: An attribute where it sits: (path of sequence keywords, keyword).
+_Key = tuple[tuple[str, ...], str]
 #: (path of sequence keywords, keyword) -> type "1", "2" or "3".
-AttributeTypes = dict[tuple[tuple[str, ...], str], str]
+AttributeTypes = dict[_Key, str]
 
 
 def _standard_table(name: str) -> dict:
@@ -26,23 +28,41 @@ def _standard_table(name: str) -> dict:
 
 
 @lru_cache(maxsize=1)
-def _tables() -> tuple[dict[str, str], dict[str, list], dict[str, list]]:
+def _tables() -> tuple[dict[str, str], dict[str, list], dict[str, dict[_Key, int]]]:
+    """SOP class -> IOD, IOD -> modules, and module -> {(path, keyword): demand}."""
+    modules = {
+        module: _demands(attributes)
+        for module, attributes in _standard_table("module_attribute_map.json").items()
+    }
     return (
         _standard_table("sop_class_iod_map.json"),
         _standard_table("iod_module_map.json"),
-        _standard_table("module_attribute_map.json"),
+        modules,
     )
 
 
+def _demands(attributes: list[dict]) -> dict[_Key, int]:
+    demand: dict[_Key, int] = {}
+    for attribute in attributes:
+        key = (tuple(attribute["path"]), attribute["keyword"])
+        demand[key] = max(demand.get(key, 0), _DEMAND.get(attribute["type"], 1))
+    return demand
+
+
 def _most_demanding(modules: list[str]) -> AttributeTypes:
-    attributes = _tables()[2]
-    demand: dict[tuple[tuple[str, ...], str], int] = {}
+    table = _tables()[2]
+    demand: dict[_Key, int] = {}
     for module in modules:
-        for attribute in attributes.get(module, []):
-            key = (tuple(attribute["path"]), attribute["keyword"])
-            level = _DEMAND.get(attribute["type"], 1)
-            demand[key] = max(demand.get(key, 0), level)
+        for key, level in table.get(module, {}).items():
+            if level > demand.get(key, 0):
+                demand[key] = level
     return {key: _TYPE_OF_DEMAND[level] for key, level in demand.items()}
+
+
+def load_standard() -> None:
+    """Read the module tables now (about a second), for instance before forking workers
+    that would otherwise each read them; and the fallback for unknown SOP classes."""
+    attribute_types("")
 
 
 @lru_cache(maxsize=64)
