@@ -286,6 +286,71 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--export", type=Path, metavar="DIR", help="decrypt copies into DIR")
     quarantine.set_defaults(run=_quarantine)
 
+    receive = site_commands.add_parser(
+        "receive",
+        help="a DICOM receiver (C-STORE SCP) that de-identifies and stores what it receives",
+        description="Listens for DICOM C-STORE (and C-ECHO) until interrupted (Ctrl-C or "
+        "SIGTERM). Only senders whose calling AE title is allowed may associate; others are "
+        "rejected (calling AE title not recognised). Each instance is de-identified, decoded "
+        "and stored under a pseudonymous id, waiting for a label (medfed site label), or "
+        "quarantined with its reason; SITE/intake-reports/ gets the session's counts. "
+        "Settings come from SITE/site.toml's [receiver] table (ae_title, port, bind, "
+        "allowed_ae_titles); the options below override them for this run only. To allow "
+        'senders permanently, put allowed_ae_titles = ["PACS", ...] under [receiver] in '
+        "SITE/site.toml: with no allowed AE title the receiver does not start.",
+    )
+    receive.add_argument(
+        "--site-dir", type=Path, required=True, help="the site store (created if new)"
+    )
+    receive.add_argument(
+        "--ae-title",
+        metavar="T",
+        help="the receiver's AE title (default: site.toml's, else MEDFED)",
+    )
+    receive.add_argument(
+        "--port", type=int, metavar="P", help="TCP port (default: site.toml's, else 11112)"
+    )
+    receive.add_argument(
+        "--bind",
+        metavar="ADDR",
+        help="address to listen on (default: site.toml's, else 127.0.0.1: this machine only; "
+        "0.0.0.0: the network)",
+    )
+    receive.add_argument(
+        "--allow",
+        nargs="+",
+        action="extend",
+        metavar="AE",
+        help="calling AE titles that may send, for this run (instead of site.toml's)",
+    )
+    receive.set_defaults(run=_receive)
+
+    label = site_commands.add_parser(
+        "label",
+        help="label received cases, moving them into the site's manifest",
+        description="Reads a CSV with columns sop_instance_uid (the instance's original SOP "
+        "Instance UID, as the hospital's PACS or RIS knows it), label (0/1), optional split "
+        "(train/test) and optional subgroup columns, and moves the received cases it names "
+        "(medfed site receive) into the manifest. Rows without a split get a seeded split "
+        "stratified by label. Reports rows naming no received case, and invalid rows, by "
+        "line number.",
+    )
+    label.add_argument("--site-dir", type=Path, required=True, help="the site store")
+    label.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="CSV: sop_instance_uid,label[,split][,subgroups...]",
+    )
+    label.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.3,
+        help="test share when the CSV has no split (default: 0.3)",
+    )
+    _add_seed(label)
+    label.set_defaults(run=_label)
+
     budget = site_commands.add_parser(
         "budget",
         help="the site's privacy ceiling and what its ledger says it has spent",
@@ -473,6 +538,55 @@ def _quarantine(args: argparse.Namespace) -> None:
         target = args.export / f"{Path(e.copy).stem}_{e.source.replace('/', '_')}"
         target.write_bytes(quarantine.read_copy(e.copy))
     print(f"exported {len(entries)} files to {args.export}")
+
+
+def _receive(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from site_client.policy import POLICY_FILE, ReceiverPolicy, read_policy
+    from site_client.receiver import check_settings, serve
+    from site_client.store import SiteStore
+
+    policy_file = args.site_dir / POLICY_FILE
+    settings = read_policy(args.site_dir).receiver if policy_file.exists() else ReceiverPolicy()
+    overrides = {
+        "ae_title": args.ae_title,
+        "port": args.port,
+        "bind": args.bind,
+        "allowed_ae_titles": tuple(args.allow) if args.allow else None,
+    }
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    check_settings(settings)  # before a new store is created
+    store = SiteStore.create(args.site_dir)
+    report = serve(store, settings, say=lambda line: print(line, flush=True))
+    print(
+        f"session: {report.received} instances received: {report.stored} stored, "
+        f"{report.already_stored} already stored, {report.quarantined} quarantined, "
+        f"{report.failed} failed"
+    )
+    for category, count in sorted(report.quarantine_reasons.items()):
+        print(f"  quarantined, {category}: {count}")
+    print(f"report: {report.path}")
+
+
+def _label(args: argparse.Namespace) -> None:
+    from site_client.received import label_received
+    from site_client.store import SiteStore
+
+    store = SiteStore.open(args.site_dir)
+    outcome = label_received(store, args.labels, args.seed, args.test_fraction)
+    splits = ", ".join(f"{n} {split}" for split, n in sorted(outcome.splits.items()))
+    print(
+        f"site {store.site_id}: {outcome.rows} rows: {outcome.labelled} cases labelled"
+        f"{f' ({splits})' if splits else ''}, {outcome.already_labelled} already in the "
+        f"manifest, {len(outcome.unknown_lines)} naming no received case, "
+        f"{len(outcome.invalid)} invalid"
+    )
+    if outcome.unknown_lines:
+        print(f"  no received case: lines {', '.join(map(str, outcome.unknown_lines))}")
+    for error in outcome.invalid:
+        print(f"  line {error.line}: {error.reason}")
+    print(f"received cases still without a label: {outcome.waiting}")
 
 
 def _budget(args: argparse.Namespace) -> None:

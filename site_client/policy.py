@@ -15,6 +15,12 @@ key_file = "/secure/site-a.key"   # the store's encryption key (default: SITE/st
 [burned_in_text]     # optional: images that may carry text in their pixels
 action = "mask"      # "quarantine" (default) or "mask"
 regions = [[0, 0, 40, 512]]   # with "mask": [top, left, bottom, right] pixel boxes blanked
+
+[receiver]           # optional: the DICOM receiver (`medfed site receive`)
+ae_title = "MEDFED"  # the receiver's own AE title (default "MEDFED")
+port = 11112         # default 11112
+bind = "127.0.0.1"   # default: this machine only; "0.0.0.0" listens on the network
+allowed_ae_titles = ["PACS1", "CT_ROOM2"]   # who may send; empty (default): nobody
 ```
 """
 
@@ -106,6 +112,54 @@ class StoragePolicy:
 
 DEFAULT_KEY_FILE = "store.key"
 
+#: What an AE title may hold: 1-16 characters of printable ASCII, no backslash (PS3.5 6.2),
+#: without leading or trailing spaces (they are not significant).
+_AE_TITLE = re.compile(r"^[!-\[\]-~]([ -\[\]-~]{0,14}[!-\[\]-~])?$")
+
+
+def check_ae_title(title: str, what: str = "AE title") -> str:
+    """``title`` when it is a valid AE title; `PolicyError` naming ``what`` otherwise."""
+    if not isinstance(title, str) or not _AE_TITLE.match(title):
+        raise PolicyError(
+            f"{what} {title!r} must be 1-16 printable ASCII characters, no backslash, "
+            "no leading or trailing space"
+        )
+    return title
+
+
+@dataclass(frozen=True)
+class ReceiverPolicy:
+    """The DICOM receiver (`site_client.receiver`, ``medfed site receive``).
+
+    ae_title: the receiver's own AE title, which senders address.
+    port: the TCP port it listens on.
+    bind: the address it listens on: "127.0.0.1" (default) accepts connections from this
+        machine only; "0.0.0.0" listens on every network interface.
+    allowed_ae_titles: the calling AE titles that may send (an allow-list); associations
+        from any other are rejected. Empty (the default) means nobody: the receiver
+        refuses to start, never accepts all.
+    """
+
+    ae_title: str = "MEDFED"
+    port: int = 11112
+    bind: str = "127.0.0.1"
+    allowed_ae_titles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.ae_title)
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise PolicyError(f"port must be an integer, got {self.port!r}")
+        if not 1 <= self.port <= 65535:
+            raise PolicyError(f"port must be in 1-65535, got {self.port}")
+        if not isinstance(self.bind, str) or not self.bind.strip():
+            raise PolicyError(f"bind must be an address such as 127.0.0.1, got {self.bind!r}")
+        if isinstance(self.allowed_ae_titles, str):
+            raise PolicyError("allowed_ae_titles must be a list of AE titles")
+        titles = tuple(self.allowed_ae_titles)
+        for title in titles:
+            check_ae_title(title, "allowed AE title")
+        object.__setattr__(self, "allowed_ae_titles", titles)
+
 
 #: Default delta = DEFAULT_DELTA_SCALE / n_train.
 DEFAULT_DELTA_SCALE = 0.1
@@ -121,6 +175,7 @@ class SitePolicy:
     privacy: the privacy ceiling (`PrivacyPolicy`, the ``[privacy]`` table).
     burned_in_text: images that may carry burned-in text (the ``[burned_in_text]`` table).
     storage: where the store's encryption key is (the ``[storage]`` table).
+    receiver: the DICOM receiver's settings (the ``[receiver]`` table).
     """
 
     site_id: str
@@ -128,6 +183,7 @@ class SitePolicy:
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     burned_in_text: BurnedInTextPolicy = field(default_factory=BurnedInTextPolicy)
     storage: StoragePolicy = field(default_factory=StoragePolicy)
+    receiver: ReceiverPolicy = field(default_factory=ReceiverPolicy)
 
     def __post_init__(self) -> None:
         if not _SITE_ID.match(self.site_id):
@@ -172,6 +228,7 @@ _TABLES: dict[str, type] = {
     "privacy": PrivacyPolicy,
     "burned_in_text": BurnedInTextPolicy,
     "storage": StoragePolicy,
+    "receiver": ReceiverPolicy,
 }
 
 

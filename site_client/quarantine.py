@@ -27,7 +27,7 @@ QUARANTINE_LOG = "quarantine.csv"
 
 @dataclass(frozen=True)
 class QuarantineEntry:
-    """One quarantined file: its source (relative path, or ``<calling AE>:<n>`` for a
+    """One quarantined file: its source (relative path, or ``<calling AE>/<n>`` for a
     received instance), the copy's name, reason category and reason, SHA-256 of the copy."""
 
     source: str

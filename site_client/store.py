@@ -11,6 +11,7 @@ Layout of a site directory ``SITE/``::
     store/masks/<case>.npy.enc    lesion mask, uint8 0/1, same shape (when labels.csv names one)
     store/quarantine/<n>.dcm.enc  files that could not be used, as they arrived
     store/quarantine.csv.enc      each quarantined file's source, reason and SHA-256
+    store/received/<case>.csv.enc a received case not labelled yet (`site_client.received`)
     intake-reports/*.json         one report per ingest or receive session: counts only
 
 Everything under ``store/`` is encrypted with AES-256-GCM (`site_client.encryption`); the
@@ -207,6 +208,15 @@ class SiteStore:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(self.cipher.encrypt(data, name))
         tmp.replace(path)
+
+    def remove_file(self, name: str) -> None:
+        """Delete ``store/<name>.enc`` (nothing happens when it is absent)."""
+        (self.store_dir / f"{name}.enc").unlink(missing_ok=True)
+
+    def file_names(self, folder: str) -> list[str]:
+        """The names (as `read_file` takes them) of the files in ``store/<folder>/``, sorted."""
+        base = self.store_dir / folder
+        return sorted(f"{folder}/{p.name.removesuffix('.enc')}" for p in base.glob("*.enc"))
 
     def read_file(self, name: str) -> bytes:
         """The decrypted content of ``store/<name>.enc``; `StoreCryptoError` when it fails

@@ -21,6 +21,8 @@ COMMANDS = [
     "site",
     "site ingest",
     "site quarantine",
+    "site receive",
+    "site label",
     "site budget",
     "simulate",
 ]

@@ -1,0 +1,157 @@
+"""Cases received over the network that have no label yet, and labelling them.
+
+The DICOM receiver (`site_client.receiver`) stores each usable instance under its case id
+(the keyed pseudonym of its SOP Instance UID) and records it in the received index: one
+encrypted record per case, ``store/received/<case>.csv.enc`` (columns `RECEIVED_COLUMNS`), so
+that adding a case costs the same however many there are and a killed receiver loses none.
+A received case is not in the manifest, so it is neither trained nor evaluated on, until
+``medfed site label`` (`label_received`) gives it a label from a CSV keyed by the original
+SOP Instance UID (`task.labels.UID_KEY`), as the hospital's PACS or RIS knows it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import astuple, dataclass, field, fields
+from pathlib import Path
+
+from site_client.deid import Deidentifier
+from site_client.ingest import assign_splits
+from site_client.store import CaseRecord, SiteStore
+from task.labels import UID_KEY, LabelRowError, read_labels
+
+
+@dataclass(frozen=True)
+class ReceivedCase:
+    """A stored, unlabelled case: its id, scanner group, image size and whether burned-in
+    text regions were masked."""
+
+    case_id: str
+    manufacturer: str
+    model: str
+    rows: int
+    columns: int
+    masked_text: bool
+
+
+RECEIVED_COLUMNS = tuple(f.name for f in fields(ReceivedCase))
+
+
+class ReceivedIndex:
+    """The received index of ``store``: one encrypted CSV record per unlabelled case."""
+
+    FOLDER = "received"
+
+    def __init__(self, store: SiteStore) -> None:
+        self.store = store
+
+    def add(self, case: ReceivedCase) -> None:
+        """Record ``case`` (replacing any record of the same case id)."""
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
+        writer.writerow(RECEIVED_COLUMNS)
+        writer.writerow([int(v) if isinstance(v, bool) else v for v in astuple(case)])
+        self.store.write_file(self._name(case.case_id), buffer.getvalue().encode("utf-8"))
+
+    def cases(self) -> dict[str, ReceivedCase]:
+        """Every recorded case, by case id."""
+        cases = {}
+        for name in self.store.file_names(self.FOLDER):
+            text = self.store.read_file(name).decode("utf-8")
+            for row in csv.DictReader(io.StringIO(text, newline="")):
+                case = ReceivedCase(
+                    case_id=row["case_id"],
+                    manufacturer=row["manufacturer"],
+                    model=row["model"],
+                    rows=int(row["rows"]),
+                    columns=int(row["columns"]),
+                    masked_text=row["masked_text"] == "1",
+                )
+                cases[case.case_id] = case
+        return cases
+
+    def remove(self, case_id: str) -> None:
+        """Forget ``case_id`` (once it is in the manifest)."""
+        self.store.remove_file(self._name(case_id))
+
+    def _name(self, case_id: str) -> str:
+        return f"{self.FOLDER}/{case_id}.csv"
+
+
+@dataclass
+class LabelOutcome:
+    """What ``medfed site label`` did.
+
+    rows: usable and unusable rows of the labels file.
+    labelled: received cases moved into the manifest; splits: split -> how many of them.
+    already_labelled: rows naming a case the manifest holds already (left as it is).
+    unknown_lines: line numbers of rows naming no case the site holds.
+    invalid: the unusable rows (line, key as written, one-line reason).
+    waiting: received cases still without a label.
+    """
+
+    rows: int = 0
+    labelled: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    already_labelled: int = 0
+    unknown_lines: list[int] = field(default_factory=list)
+    invalid: list[LabelRowError] = field(default_factory=list)
+    waiting: int = 0
+
+
+def label_received(
+    store: SiteStore, labels_csv: Path, seed: int = 0, test_fraction: float = 0.3
+) -> LabelOutcome:
+    """Move the received cases that ``labels_csv`` labels into the manifest.
+
+    ``labels_csv``: columns ``sop_instance_uid`` (original), ``label`` (0/1), optional
+    ``split`` and subgroup columns. Rows without a split get a seeded split stratified by
+    label over the cases labelled now (`assign_splits`, as ingest does). Raises
+    `LabelsFileError` when the file cannot be used at all, `ValueError` for a
+    ``test_fraction`` outside [0, 1].
+    """
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+    labels = read_labels(labels_csv, key=UID_KEY)
+    index = ReceivedIndex(store)
+    manifest = store.read_manifest()
+    in_manifest = {r.case_id for r in manifest}
+    received = index.cases()
+    for case_id in received.keys() & in_manifest:  # left by an interrupted labelling
+        index.remove(case_id)
+        del received[case_id]
+    pseudonym = Deidentifier(store.secret).pseudonym
+    outcome = LabelOutcome(rows=len(labels.rows) + len(labels.errors), invalid=labels.errors)
+    chosen = []
+    for uid, row in labels.rows.items():
+        case_id = pseudonym(uid, "case")
+        if case_id in in_manifest:
+            outcome.already_labelled += 1
+        elif case_id in received:
+            chosen.append((received[case_id], row))
+        else:
+            outcome.unknown_lines.append(row.line)
+    unsplit = {case.case_id: row.label for case, row in chosen if row.split is None}
+    splits = assign_splits(unsplit, seed, test_fraction)
+    records = [
+        CaseRecord(
+            case_id=case.case_id,
+            label=row.label,
+            split=row.split or splits[case.case_id],
+            manufacturer=case.manufacturer,
+            model=case.model,
+            rows=case.rows,
+            columns=case.columns,
+            subgroups=dict(row.subgroups),
+        )
+        for case, row in sorted(chosen, key=lambda pair: pair[0].case_id)
+    ]
+    store.write_manifest(manifest + records)
+    for record in records:  # only once the manifest holds them
+        index.remove(record.case_id)
+        outcome.splits[record.split] = outcome.splits.get(record.split, 0) + 1
+    outcome.labelled = len(records)
+    outcome.unknown_lines.sort()
+    outcome.waiting = len(received) - len(records)
+    return outcome
