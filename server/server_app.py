@@ -14,13 +14,11 @@ A job runs these stages, each a set of messages to the sites (see `task.wire`):
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from task.privacy import (
     RUN_ID_KEY,
     PrivacyConfig,
 )
+from task.runtime import code_version
 from task.training import TrainingConfig
 from task.wire import (
     ARRAYS,
@@ -392,20 +391,3 @@ def _site_record(site: SiteProfile) -> dict[str, Any]:
             for s in site.scanners
         },
     }
-
-
-def code_version() -> str:
-    """medfed's version, with the git commit when running from a checkout."""
-    release = version("medfed")
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return release
-    return f"{release}+g{commit}"

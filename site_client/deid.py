@@ -41,6 +41,7 @@ from pydicom.valuerep import VR
 
 from site_client.deid_rules import SAFE_PRIVATE_ATTRIBUTES, DateShift, clean_descriptor
 from site_client.iod_types import AttributeTypes, attribute_types
+from task.runtime import code_version
 
 #: Table E.1-1 as JSON. Override with the MEDFED_DEID_TABLE environment variable.
 DEFAULT_TABLE_PATH = Path(
@@ -287,12 +288,14 @@ class Deidentifier:
         self.table = load_profile_table(options, table_path)
 
     def method(self) -> dict[str, object]:
-        """The profile, options and table used, for intake reports."""
+        """The profile, its options, the table (SHA-256 of the file) and the software that
+        applied them, for intake reports."""
         return {
             "profile": BASIC_PROFILE_CODE[1],
             "standard": "DICOM PS3.15 Annex E, Table E.1-1",
             "options": [o.meaning for o in self.options.enabled()],
             "table_sha256": self.table.sha256,
+            "software": f"medfed {code_version()}",
         }
 
     def pseudonym(self, value: str, kind: str) -> str:

@@ -1,8 +1,12 @@
-"""Process settings every medfed entry point applies before Flower or Ray start."""
+"""Process settings every medfed entry point applies before Flower or Ray start, and the
+version of the running code."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
 
 #: Hospital networks: no telemetry, no update checks, no usage statistics.
 OFFLINE_ENVIRONMENT = {
@@ -17,3 +21,20 @@ OFFLINE_ENVIRONMENT = {
 def apply_offline_environment() -> None:
     """Set `OFFLINE_ENVIRONMENT` in this process (inherited by Ray's workers)."""
     os.environ.update(OFFLINE_ENVIRONMENT)
+
+
+def code_version() -> str:
+    """medfed's version, with the git commit when running from a checkout."""
+    release = version("medfed")
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return release
+    return f"{release}+g{commit}"

@@ -172,11 +172,14 @@ def action() -> Callable[[int], str | None]:
 @pytest.fixture(scope="module")
 def haystacks(run: DeidRun) -> list[Haystack]:
     """Everything a leak could hide in: every file under OUT, the output names, the CLI's
-    stdout and stderr."""
+    stdout and stderr, and the logs beside OUT (quarantine.csv, deid-log.csv: they name
+    input files, but must not carry a value from inside one)."""
     files = _files(run.out_dir)
     names = "\n".join(p.relative_to(run.out_dir).as_posix() for p in files)
+    logs = [run.quarantine_dir / "quarantine.csv", run.quarantine_dir / "deid-log.csv"]
     return [
         *(Haystack.of_file(p, p.relative_to(run.out_dir).as_posix()) for p in files),
+        *(Haystack.of_file(p, p.name) for p in logs),
         Haystack.of_text("<output names>", names),
         Haystack.of_text("<stdout>", run.result.stdout),
         Haystack.of_text("<stderr>", run.result.stderr),

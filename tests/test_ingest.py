@@ -155,7 +155,11 @@ def test_ingest_stores_good_files_and_quarantines_the_rest(
     assert (saved["kind"], saved["received"], saved["stored"]) == ("ingest", report.received, GOOD)
     assert saved["quarantine_reasons"] == EXPECTED_QUARANTINE
     assert saved["label_problems"] == 2
-    assert saved["deidentification"]["profile"] == "Basic Application Confidentiality Profile"
+    method = saved["deidentification"]
+    assert method["profile"] == "Basic Application Confidentiality Profile"
+    assert "Retain Device Identity Option" in method["options"]
+    assert method["software"].startswith("medfed 0.1.0")
+    assert len(method["table_sha256"]) == 64
     # The report is counts only: no input path, name or UID.
     assert not [s for s in (*PHI_STRINGS, "DOE_JOHN", ".dcm") if s in report.path.read_text()]
 
