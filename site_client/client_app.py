@@ -253,7 +253,12 @@ def evaluate_strata(store: SiteStore, content: RecordDict) -> RecordDict:
             if split == "train" and name not in train_split_models:
                 continue
             result = stratified_histograms(
-                predict_logits(model, data), data, split, min_cell, by_scanner=split == "test"
+                predict_logits(model, data),
+                data,
+                split,
+                min_cell,
+                by_scanner=split == "test",
+                evaluation=store.policy.evaluation if split == "test" else None,
             )
             histograms.update(result.histograms)
             suppressed.update(result.suppressed)

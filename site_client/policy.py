@@ -21,6 +21,11 @@ ae_title = "MEDFED"  # the receiver's own AE title (default "MEDFED")
 port = 11112         # default 11112
 bind = "127.0.0.1"   # default: this machine only; "0.0.0.0" listens on the network
 allowed_ae_titles = ["PACS1", "CT_ROOM2"]   # who may send; empty (default): nobody
+
+[evaluation]         # optional: which labels.csv subgroup columns results may be stratified by
+subgroup_columns = ["sex", "age"]   # default; [] sends no subgroup results
+banded_columns = ["age"]            # numeric columns reported in bands (default: age)
+band_width = 10                     # band width in the column's unit (default: 10 years)
 ```
 """
 
@@ -161,6 +166,34 @@ class ReceiverPolicy:
         object.__setattr__(self, "allowed_ae_titles", titles)
 
 
+@dataclass(frozen=True)
+class EvaluationPolicy:
+    """Which subgroup results may leave the site (`site_client.evaluation`).
+
+    subgroup_columns: labels.csv subgroup columns that test results may be stratified by.
+        Only these: a column added for the site's own use never reaches the coordinator,
+        not even its name. Each stratum is still subject to ``min_cell_size``.
+    banded_columns: numeric columns among them reported in bands of ``band_width`` (an
+        age of 63 is reported as the stratum ``60-69``), never as raw values.
+    band_width: the width of a band, in the column's own unit.
+    """
+
+    subgroup_columns: tuple[str, ...] = ("sex", "age")
+    banded_columns: tuple[str, ...] = ("age",)
+    band_width: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("subgroup_columns", "banded_columns"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(c, str) for c in value):
+                raise PolicyError(f"{name} must be a list of column names")
+            object.__setattr__(self, name, tuple(value))
+        if isinstance(self.band_width, bool) or not isinstance(self.band_width, int):
+            raise PolicyError(f"band_width must be an integer, got {self.band_width!r}")
+        if self.band_width < 1:
+            raise PolicyError(f"band_width must be >= 1, got {self.band_width}")
+
+
 #: Default delta = DEFAULT_DELTA_SCALE / n_train.
 DEFAULT_DELTA_SCALE = 0.1
 
@@ -176,6 +209,7 @@ class SitePolicy:
     burned_in_text: images that may carry burned-in text (the ``[burned_in_text]`` table).
     storage: where the store's encryption key is (the ``[storage]`` table).
     receiver: the DICOM receiver's settings (the ``[receiver]`` table).
+    evaluation: the subgroup results that may leave the site (the ``[evaluation]`` table).
     """
 
     site_id: str
@@ -184,6 +218,7 @@ class SitePolicy:
     burned_in_text: BurnedInTextPolicy = field(default_factory=BurnedInTextPolicy)
     storage: StoragePolicy = field(default_factory=StoragePolicy)
     receiver: ReceiverPolicy = field(default_factory=ReceiverPolicy)
+    evaluation: EvaluationPolicy = field(default_factory=EvaluationPolicy)
 
     def __post_init__(self) -> None:
         if not _SITE_ID.match(self.site_id):
@@ -229,6 +264,7 @@ _TABLES: dict[str, type] = {
     "burned_in_text": BurnedInTextPolicy,
     "storage": StoragePolicy,
     "receiver": ReceiverPolicy,
+    "evaluation": EvaluationPolicy,
 }
 
 

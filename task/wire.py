@@ -98,6 +98,9 @@ POOLED_CENTRALIZED = "pooled-centralized"
 STRATUM_SITE = "site=all"
 STRATUM_MANUFACTURER = "manufacturer"
 STRATUM_SCANNER = "scanner"
+#: Subgroup strata are "subgroup:<column>=<value>" (labels.csv subgroup columns the site's
+#: policy lets out; numeric ones in bands such as "60-69").
+STRATUM_SUBGROUP = "subgroup"
 
 # --- score histograms --------------------------------------------------------------------
 LOGIT_RANGE = 8.0

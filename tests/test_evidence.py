@@ -61,10 +61,19 @@ def _records(seed: int = 0, with_pooled: bool = True) -> tuple[RunRecords, dict[
             for value in sorted(set(scanners)):
                 mask = scanners == value
                 hists |= _histograms(logits[mask], labels[mask], "test", f"scanner={value}")
+            sexes = np.where(np.arange(60) % 2 == 0, "F", "M")
+            for value in ("F", "M"):
+                mask = sexes == value
+                hists |= _histograms(logits[mask], labels[mask], "test", f"subgroup:sex={value}")
             if name == "global":
                 train_logits, train_labels = _cases(rng, 100, separation)
                 hists |= _histograms(train_logits, train_labels, "train", "site=all")
-                truth[site] = {"logits": logits, "labels": labels, "makers": makers}
+                truth[site] = {
+                    "logits": logits,
+                    "labels": labels,
+                    "makers": makers,
+                    "sexes": sexes,
+                }
             models[name] = hists
         aggregates[site] = {"site": site, "models": models, "suppressed": ["test|scanner=X Y"]}
     run = {
@@ -152,6 +161,28 @@ def test_manufacturer_strata_pool_across_sites() -> None:
     assert ge["n"] == n_ge == 80  # 20 at site-a, 60 at site-b
     assert set(evidence["performance"]["by_scanner"]) == {"GE", "SIEMENS"}
     assert set(evidence["performance"]["by_scanner_model"]) == {"GE Revolution", "SIEMENS Force"}
+
+
+def test_subgroup_strata_pool_across_sites_per_column() -> None:
+    records, truth = _records()
+    evidence = build_evidence(records)
+    by_subgroup = evidence["performance"]["by_subgroup"]
+    assert set(by_subgroup) == {"sex"} and set(by_subgroup["sex"]) == {"F", "M"}
+    women = by_subgroup["sex"]["F"]
+    logits = np.concatenate([t["logits"][t["sexes"] == "F"] for t in truth.values()])
+    labels = np.concatenate([t["labels"][t["sexes"] == "F"] for t in truth.values()])
+    assert women["n"] == len(labels) == 60
+    assert women["auc"]["value"] == pytest.approx(roc_auc_score(labels, logits), abs=0.005)
+
+
+def test_wide_intervals_are_flagged() -> None:
+    evidence = build_evidence(_records()[0])
+    women = evidence["performance"]["by_subgroup"]["sex"]["F"]  # 60 cases, 20-odd positive
+    assert women["flags"], women
+    for flag in women["flags"]:
+        metric = women[flag.split(":")[0]]
+        assert metric["ci_high"] - metric["ci_low"] > 0.3
+    assert not evidence["performance"]["pooled"]["flags"]  # 240 cases
 
 
 def test_threshold_is_fixed_on_training_data_only() -> None:

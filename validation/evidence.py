@@ -25,6 +25,7 @@ from task.wire import (
     STRATUM_MANUFACTURER,
     STRATUM_SCANNER,
     STRATUM_SITE,
+    STRATUM_SUBGROUP,
     parse_histogram_key,
 )
 from validation.acceptance import evaluate_default_plan
@@ -190,7 +191,8 @@ def _pooled(
 
 
 def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
-    """Pooled, per-site, per-manufacturer and per-scanner-model performance on test data."""
+    """Pooled, per-site, per-manufacturer, per-scanner-model and per-subgroup (column ->
+    value -> performance) performance on test data."""
     test = {k: h for k, h in histograms.items() if k[0] == "test"}
     sites = sorted({site for _, stratum, site in test if stratum == STRATUM_SITE})
 
@@ -200,6 +202,13 @@ def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
             v: binary_performance(_pooled(test, "test", f"{kind}={v}"), threshold) for v in values
         }
 
+    subgroup_columns = sorted(
+        {
+            stratum.split("=", 1)[0].removeprefix(f"{STRATUM_SUBGROUP}:")
+            for _, stratum, _ in test
+            if stratum.startswith(f"{STRATUM_SUBGROUP}:")
+        }
+    )
     return {
         "pooled": binary_performance(_pooled(test, "test", STRATUM_SITE), threshold),
         "by_site": {
@@ -208,6 +217,9 @@ def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
         },
         "by_scanner": strata_of(STRATUM_MANUFACTURER),
         "by_scanner_model": strata_of(STRATUM_SCANNER),
+        "by_subgroup": {
+            column: strata_of(f"{STRATUM_SUBGROUP}:{column}") for column in subgroup_columns
+        },
     }
 
 

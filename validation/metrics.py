@@ -346,6 +346,26 @@ def threshold_probability(edge_index: int) -> float:
     return float(expit(SCORE_BIN_EDGES[_check_edge_index(edge_index)]))
 
 
+#: An interval wider than this (on the 0-1 scale of AUC and proportions) is flagged: the
+#: stratum is too small for its estimate to support a conclusion either way.
+WIDE_INTERVAL = 0.3
+
+
+def wide_interval_flags(performance: dict[str, Any], max_width: float = WIDE_INTERVAL) -> list[str]:
+    """The metrics of one `binary_performance` scope whose interval is wider than
+    ``max_width`` or missing, as one-line flags (``"sensitivity: interval 0.42 wide"``)."""
+    flags = []
+    for name in ("auc", "sensitivity", "specificity", "ppv", "npv"):
+        metric = performance[name]
+        if metric["value"] is None:
+            continue
+        if metric["ci_low"] is None or metric["ci_high"] is None:
+            flags.append(f"{name}: no interval ({metric['method']})")
+        elif metric["ci_high"] - metric["ci_low"] > max_width:
+            flags.append(f"{name}: interval {metric['ci_high'] - metric['ci_low']:.2f} wide")
+    return flags
+
+
 def binary_performance(
     hist: ScoreHistogram,
     edge_index: int,
@@ -356,8 +376,9 @@ def binary_performance(
 
     Returns ``{"auc", "sensitivity", "specificity", "ppv", "npv"}`` as `Estimate.to_dict`
     (proportion intervals by ``proportion_method``, see `proportion_ci`) and ``"n"``,
-    ``"n_pos"``, ``"tp"``, ``"fp"``, ``"tn"``, ``"fn"`` and ``"threshold"`` (the operating
-    threshold as a probability). The AUC is None, with the reason, when a class is empty.
+    ``"n_pos"``, ``"tp"``, ``"fp"``, ``"tn"``, ``"fn"``, ``"threshold"`` (the operating
+    threshold as a probability) and ``"flags"`` (`wide_interval_flags`: estimates too
+    uncertain to mean anything). The AUC is None, with the reason, when a class is empty.
     """
     counts = confusion_at(hist, edge_index)
     missing = [name for name, k in (("positive", hist.n_pos), ("negative", hist.n_neg)) if not k]
@@ -371,7 +392,7 @@ def binary_performance(
         "ppv": (counts.tp, counts.tp + counts.fp),
         "npv": (counts.tn, counts.tn + counts.fn),
     }
-    return {
+    performance = {
         "auc": auc.to_dict(),
         **{
             name: proportion_ci(k, n, confidence, proportion_method).to_dict()
@@ -382,3 +403,5 @@ def binary_performance(
         **asdict(counts),
         "threshold": threshold_probability(edge_index),
     }
+    performance["flags"] = wide_interval_flags(performance)
+    return performance
