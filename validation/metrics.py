@@ -341,6 +341,14 @@ def youden_threshold(hist: ScoreHistogram) -> int:
     return int(best[(len(best) - 1) // 2])
 
 
+def threshold_edge(probability: float) -> int:
+    """The bin edge nearest (in logit space) to an operating threshold given as a
+    probability in (0, 1): operating points are bin edges, so that counts are exact."""
+    if not 0.0 < probability < 1.0:
+        raise ValueError(f"a threshold must be a probability in (0, 1), got {probability}")
+    return int(np.argmin(np.abs(np.asarray(SCORE_BIN_EDGES) - logit(probability))))
+
+
 def threshold_probability(edge_index: int) -> float:
     """The threshold ``SCORE_BIN_EDGES[edge_index]`` as a probability (its sigmoid)."""
     return float(expit(SCORE_BIN_EDGES[_check_edge_index(edge_index)]))
