@@ -16,7 +16,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,13 @@ from site_client.store import SiteStore
 from task.model import ModelConfig
 from task.privacy import PrivacyConfig
 from task.training import recipe
+from validation.acceptance import (
+    AcceptancePlan,
+    RunScopes,
+    check_plan_against,
+    resolve_plan,
+    write_plan_record,
+)
 
 DEMO_MARKER = "demo.json"
 
@@ -43,7 +50,9 @@ class DemoConfig:
     rounds of ``local_epochs`` epochs with ``strategy``, all seeded by ``seed``;
     ``cases_per_site`` overrides the sites' varied sizes (quick runs). ``model``: the
     architecture, trained with its recipe (`task.training.RECIPES`); ``local_epochs``
-    overrides the recipe's. ``privacy``: DP-SGD at every site, epsilon 8, by default."""
+    overrides the recipe's. ``privacy``: DP-SGD at every site, epsilon 8, by default.
+    ``acceptance``: the acceptance plan file (TOML) the evidence is judged by; None: the
+    default plan (`validation.acceptance.default_plan`)."""
 
     out: Path = Path("medfed-demo")
     sites: int = 4
@@ -54,11 +63,14 @@ class DemoConfig:
     model: str = "blob"
     local_epochs: int | None = None
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    acceptance: Path | None = None
 
 
 def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Path:
     """Run the demo; returns the path of its evidence.json. Rerunning replaces the
-    previous demo's outputs in ``config.out``; any other non-empty folder is refused."""
+    previous demo's outputs in ``config.out``; any other non-empty folder is refused. A bad
+    acceptance plan is refused before anything runs."""
+    plan = resolve_plan(config.acceptance)
     _prepare(config.out)
     marker = config.out / DEMO_MARKER
     marker.write_text(json.dumps({"config": asdict(config), "status": "running"}, default=str))
@@ -88,6 +100,8 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
         )
         site_dirs.append(store.root)
     timings["ingest"] = time.perf_counter() - started - timings["phantoms"]
+    stage_acceptance_plan(plan, site_dirs, config.out / "run")
+    progress(f"acceptance plan: {plan.name} ({len(plan.criteria)} criteria, {plan.source})")
 
     progress(
         f"3/3 federation: {config.model} model, {config.strategy}, {config.rounds} rounds on "
@@ -120,6 +134,26 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
         )
     )
     return result.evidence
+
+
+def stage_acceptance_plan(plan: AcceptancePlan, site_dirs: Sequence[Path], run_dir: Path) -> None:
+    """Before training: refuse ``plan`` if a scope names a site, manufacturer, scanner model
+    or subgroup column that none of the stores in ``site_dirs`` has (`AcceptancePlanError`),
+    else record it in ``run_dir`` for the evidence (`write_plan_record`)."""
+    check_plan_against(plan, site_store_scopes(site_dirs))
+    write_plan_record(plan, run_dir)
+
+
+def site_store_scopes(site_dirs: Sequence[Path]) -> RunScopes:
+    """The sites, manufacturers, scanner models and subgroup columns of the site stores."""
+    stores = [SiteStore.open(Path(d)) for d in site_dirs]
+    records = [record for store in stores for record in store.read_manifest()]
+    return RunScopes(
+        sites=frozenset(store.site_id for store in stores),
+        manufacturers=frozenset(r.manufacturer for r in records),
+        scanner_models=frozenset(r.scanner for r in records),
+        subgroup_columns=frozenset(column for r in records for column in r.subgroups),
+    )
 
 
 def _privacy_phrase(privacy: PrivacyConfig) -> str:

@@ -72,6 +72,22 @@ def format_summary(evidence: dict[str, Any]) -> str:
     lines += [_row(f"site {k}", v) for k, v in performance["by_site"].items()]
     lines += [_row(f"manufacturer {k}", v) for k, v in performance["by_scanner"].items()]
     lines += [_row(f"scanner {k}", v) for k, v in performance["by_scanner_model"].items()]
+    for column, values in performance.get("by_subgroup", {}).items():
+        lines += [_row(f"{column} {k}", v) for k, v in values.items()]
+    external = evidence.get("external_validation") or {}
+    if external.get("sites"):
+        lines += [
+            "",
+            f"External validation (held out of all training): {', '.join(external['sites'])}",
+        ]
+        lines += [_row(f"held-out {k}", v) for k, v in external["by_site"].items()]
+    heterogeneity = evidence.get("heterogeneity", {}).get("across_sites", {}).get("auc")
+    if heterogeneity and heterogeneity["i2"] is not None:
+        lines.append(
+            f"Between-site heterogeneity of the AUC: I2 {heterogeneity['i2']:.0%}, "
+            f"Cochran's Q {heterogeneity['q']:.2f} on {heterogeneity['df']} df "
+            f"(p = {heterogeneity['q_p_value']:.3g})"
+        )
     for failure in evidence["site_failures"]:
         when = f" round {failure['round']}" if failure["round"] else ""
         lines.append(
@@ -105,12 +121,20 @@ def format_summary(evidence: dict[str, Any]) -> str:
             "",
             f"Pooled-centralized baseline, pooled test AUC: {_interval(centralized['auc'])}",
         ]
-    lines += ["", *_privacy_lines(evidence), "", "Acceptance"]
-    for entry in evidence["acceptance"]:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[entry["passed"]]
-        value = "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
-        threshold = "n/a" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
-        lines.append(
-            f"  {verdict}  {entry['criterion']} [{entry['scope']}]: {value} vs {threshold}"
-        )
+    plan = evidence.get("acceptance_plan")
+    title = f"Acceptance: plan {plan['name']} ({plan['source']})" if plan else "Acceptance"
+    lines += ["", *_privacy_lines(evidence), "", title]
+    lines += [_acceptance_line(entry) for entry in evidence["acceptance"]]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _acceptance_line(entry: dict[str, Any]) -> str:
+    """``PASS  <criterion> [<scope>]: <value> <operator> <threshold>``; for a criterion not
+    evaluated, its value (if any) and the reason."""
+    verdict = {True: "PASS", False: "FAIL", None: "n/a "}[entry["passed"]]
+    value = "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
+    threshold = "n/a" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
+    line = f"  {verdict}  {entry['criterion']} [{entry['scope']}]: {value}"
+    if entry.get("reason"):
+        return f"{line} ({entry['reason']})"
+    return f"{line} {entry.get('operator', 'vs')} {threshold}"
