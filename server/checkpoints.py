@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from task.model import ModelConfig, build_model
+
 REGISTRY_FILE = "registry.json"
 
 
@@ -70,3 +72,40 @@ class CheckpointRegistry:
         if sha256_of(path) != entry.sha256:
             raise ValueError(f"{path}: SHA-256 does not match the registry; file changed")
         return torch.load(path, weights_only=True)
+
+
+#: The checkpoint name of the model an evaluation-only job tests.
+FROZEN_CHECKPOINT = "frozen"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; a one-line reason naming the file."""
+
+
+def load_frozen_model(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (a PyTorch state dict, or a dict holding one under
+    ``"state_dict"``), checked against the architecture ``config`` builds. Raises
+    `CheckpointError` when the file is missing, not a checkpoint, or for another model."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: no such checkpoint file") from exc
+    except Exception as exc:  # torch raises many kinds for files that are not checkpoints
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason})") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        found = {"missing": missing, "unexpected": unexpected, "reshaped": wrong}
+        problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in found.items() if keys]
+        raise CheckpointError(
+            f"{path}: not a checkpoint of the {config.architecture} model: {', '.join(problems)}"
+        )
+    return state

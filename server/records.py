@@ -70,7 +70,9 @@ class AuditedGrid(Grid):
     """A Grid that logs every message sent and every reply received to ``wire.jsonl``.
 
     ``site_of`` maps node ids to site ids once the sites are known; ``stage`` names the
-    step of the run (set by the orchestration before each exchange).
+    step of the run (set by the orchestration before each exchange). Nodes in
+    ``hidden_nodes`` are left out of `get_node_ids`, so that a strategy, which samples its
+    sites from there, never asks them (held-out sites of an external validation).
     """
 
     def __init__(self, grid: Grid, log: JsonLines) -> None:
@@ -78,6 +80,7 @@ class AuditedGrid(Grid):
         self._log = log
         self.site_of: dict[int, str] = {}
         self.stage = "start"
+        self.hidden_nodes: set[int] = set()
 
     def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
@@ -90,7 +93,7 @@ class AuditedGrid(Grid):
         return self._grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
+        return [n for n in self._grid.get_node_ids() if n not in self.hidden_nodes]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

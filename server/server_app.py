@@ -14,6 +14,7 @@ A job runs these stages, each a set of messages to the sites (see `task.wire`):
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from server.checkpoints import CheckpointRegistry
+from server.checkpoints import FROZEN_CHECKPOINT, CheckpointRegistry, load_frozen_model
 from server.records import ROUNDS_FILE, WIRE_FILE, AuditedGrid, JsonLines
 from server.sites import FederationError, SiteProfile, discover_sites
 from server.strategies import RecordingStrategy, StrategyConfig, make_strategy
@@ -90,6 +91,14 @@ class FederationConfig:
         e.g. ("pooled-centralized", path) in a simulation.
     privacy: the differential privacy the run asks for (default: DP-SGD at every site,
         epsilon 8 per site and run; see `task.privacy`).
+    holdout_sites: sites left out of all training (no local-only model, never asked to
+        train a round, their training split unused) and only tested on: leave-one-site-out
+        external validation.
+    frozen_model: a checkpoint file (ours, or an external PyTorch state dict for
+        ``model``'s architecture) to evaluate at every site with no training at all: an
+        evaluation-only job (``medfed validate``); ``rounds``, strategy and privacy unused.
+    operating_threshold: the operating threshold (a probability) fixed before the job;
+        default: chosen on the sites' training splits (Youden's J).
     timeout_s: how long to wait for replies to one message exchange.
     """
 
@@ -104,6 +113,9 @@ class FederationConfig:
     reference_models: tuple[tuple[str, Path], ...] = ()
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     provenance: DataProvenance = field(default_factory=DataProvenance)
+    holdout_sites: tuple[str, ...] = ()
+    frozen_model: Path | None = None
+    operating_threshold: float | None = None
     timeout_s: float = 3600.0
 
     @property
@@ -116,20 +128,28 @@ class FederationConfig:
     def planned_site_epochs(self) -> int:
         """Epochs each site trains in the whole run (rounds and local-only baseline): what
         a site sets its DP noise for."""
+        if self.frozen_model is not None:
+            return 0
         federated = self.rounds * self.training.local_epochs
         return federated * (2 if self.trains_local_baselines else 1)
 
     def __post_init__(self) -> None:
+        if self.operating_threshold is not None and not 0 < self.operating_threshold < 1:
+            raise ValueError(f"the threshold must be in (0, 1), got {self.operating_threshold}")
+        if self.frozen_model is not None:
+            return  # nothing trains: rounds, strategy and privacy do not apply
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.privacy.mode == "central" and self.strategy.name == "fedadam":
             raise ValueError("central DP averages like FedAvg: use --strategy fedavg or fedprox")
         if self.privacy.mode == "central" and self.strategy.fraction_train < 1:
             raise ValueError("central DP here asks every site each round (fraction_train 1)")
-        if self.expected_sites < self.strategy.min_sites:
+        training_sites = self.expected_sites - len(set(self.holdout_sites))
+        if training_sites < self.strategy.min_sites:
+            held = f" besides {len(set(self.holdout_sites))} held out" if self.holdout_sites else ""
             raise ValueError(
-                f"a federation needs at least {self.strategy.min_sites} sites, "
-                f"got {self.expected_sites}"
+                f"a federation needs at least {self.strategy.min_sites} training sites"
+                f"{held}, got {training_sites}"
             )
 
 
@@ -169,6 +189,32 @@ class FederatedJob:
             + ", ".join(f"{s.site_id} ({s.n_train} train / {s.n_test} test)" for s in sites)
         )
         model = build_model(config.model, seed=config.seed)
+        if config.frozen_model is None:
+            final_name, models, local_models = self._train(grid, sites, model)
+        else:
+            final_name, frozen = self._register_frozen(config.frozen_model)
+            models, local_models = {GLOBAL_MODEL: ArrayRecord(frozen)}, {}
+        for name, path in config.reference_models:
+            self.checkpoints.add(name, path, None)
+            models[name] = self._arrays_of(name)
+        with self._stage("cross-site evaluation", grid):
+            self._evaluate_everywhere(grid, sites, models)
+
+        record = self._run_record(created, sites, model, final_name, local_models)
+        (config.run_dir / RUN_RECORD_FILE).write_text(json.dumps(record, indent=2))
+        with self._stage("evidence", grid):
+            evidence_path = write_evidence(config.run_dir)
+        (config.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2))
+        self.progress(f"evidence written to {evidence_path}")
+
+    def _train(
+        self, grid: AuditedGrid, sites: list[SiteProfile], model: torch.nn.Module
+    ) -> tuple[str, dict[str, ArrayRecord], dict[str, str]]:
+        """Local-only baselines and the federated rounds: the final global checkpoint's
+        name, the models to evaluate (global and local-only) and the local-only checkpoints."""
+        config = self.config
+        training = self._training_sites(sites)
+        grid.hidden_nodes = {s.node_id for s in sites if s not in training}
         initial = ArrayRecord(model.state_dict())
         self.checkpoints.save("global-round-000", model.state_dict(), 0)
 
@@ -177,11 +223,11 @@ class FederatedJob:
             self.progress("local-only baselines: none under central DP (they would carry no noise)")
         elif config.trains_local_baselines:
             with self._stage("local-only baselines", grid):
-                local_models = self._train_local_models(grid, sites, initial)
+                local_models = self._train_local_models(grid, training, initial)
 
         with self._stage("federated rounds", grid):
             strategy = RecordingStrategy(
-                make_strategy(config.strategy, config.privacy, config.rounds, len(sites)),
+                make_strategy(config.strategy, config.privacy, config.rounds, len(training)),
                 grid.site_of,
                 self.rounds_log,
                 self.checkpoints,
@@ -196,22 +242,37 @@ class FederatedJob:
                 train_config=ConfigRecord(self._task_config()),
                 evaluate_config=ConfigRecord(self._task_config()),
             )
-        final_name = self._final_checkpoint()
-
+        grid.hidden_nodes = set()
         models = {GLOBAL_MODEL: result.arrays}
         models |= {name: self._arrays_of(ckpt) for name, ckpt in local_models.items()}
-        for name, path in config.reference_models:
-            self.checkpoints.add(name, path, None)
-            models[name] = self._arrays_of(name)
-        with self._stage("cross-site evaluation", grid):
-            self._evaluate_everywhere(grid, sites, models)
+        return self._final_checkpoint(), models, local_models
 
-        record = self._run_record(created, sites, model, final_name, local_models)
-        (config.run_dir / RUN_RECORD_FILE).write_text(json.dumps(record, indent=2))
-        with self._stage("evidence", grid):
-            evidence_path = write_evidence(config.run_dir)
-        (config.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2))
-        self.progress(f"evidence written to {evidence_path}")
+    def _register_frozen(self, path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+        """Copy the file of the frozen model under evaluation into the run, byte for byte
+        (the evidence names it and its SHA-256, that of the original), after checking it
+        fits the architecture; returns its checkpoint name and its state dict."""
+        state = load_frozen_model(path, self.config.model)
+        copy = self.checkpoints.folder / f"{FROZEN_CHECKPOINT}{path.suffix or '.pt'}"
+        shutil.copyfile(path, copy)
+        self.progress(f"evaluation only: {path.name}, no training")
+        return self.checkpoints.add(FROZEN_CHECKPOINT, copy, None).name, state
+
+    def _training_sites(self, sites: list[SiteProfile]) -> list[SiteProfile]:
+        """The sites that train: all but the held-out ones, which must be among ``sites``."""
+        known = {s.site_id for s in sites}
+        unknown = sorted(set(self.config.holdout_sites) - known)
+        if unknown:
+            raise FederationError(
+                f"held-out site(s) {', '.join(unknown)} not in the federation "
+                f"({', '.join(sorted(known))})"
+            )
+        training = [s for s in sites if s.site_id not in self.config.holdout_sites]
+        if self.config.holdout_sites:
+            self.progress(
+                f"held out for external validation (tested only): "
+                f"{', '.join(sorted(self.config.holdout_sites))}"
+            )
+        return training
 
     def _task_config(self) -> dict[str, Any]:
         config = self.config
@@ -330,12 +391,19 @@ class FederatedJob:
                 "id": self.run_id,
                 "created": created,
                 "code_version": code_version(),
-                "strategy": asdict(config.strategy),
-                "rounds": config.rounds,
+                "strategy": (
+                    asdict(config.strategy)
+                    if config.frozen_model is None
+                    else {"name": "none: evaluation only"}
+                ),
+                "rounds": config.rounds if config.frozen_model is None else 0,
                 "seed": config.seed,
                 "training": asdict(config.training),
                 "privacy": {**asdict(config.privacy), "guarantee": config.privacy.guarantee},
                 "data": asdict(config.provenance),
+                "holdout_sites": sorted(config.holdout_sites),
+                "evaluation_only": config.frozen_model is not None,
+                "operating_threshold": config.operating_threshold,
             },
             "model": {
                 "architecture": ARCHITECTURES[config.model.architecture],

@@ -51,11 +51,19 @@ def run_simulated_federation(
 
     Every store is opened first, so a missing or broken one fails before anything runs,
     and so does a federation in which every site's privacy budget is already spent.
-    With ``pooled_baseline`` the pooled-centralized model is trained and evaluated too.
+    With ``pooled_baseline`` the pooled-centralized model is trained and evaluated too (on
+    the training data of the sites that are not held out).
     """
     apply_offline_environment()
     stores = [SiteStore.open(Path(d)) for d in site_dirs]
-    _check_budgets(stores, config)
+    unknown = sorted(set(config.holdout_sites) - {s.site_id for s in stores})
+    if unknown:
+        raise FederationError(f"held-out site(s) {', '.join(unknown)} not among the site stores")
+    training = [s for s in stores if s.site_id not in config.holdout_sites]
+    if config.frozen_model is not None:
+        pooled_baseline = False  # an evaluation-only job trains nothing
+    else:
+        _check_budgets(training, config)
     config = replace(config, expected_sites=len(stores))
     timings: dict[str, float] = {}
     if pooled_baseline:
@@ -63,7 +71,7 @@ def run_simulated_federation(
         epochs = config.rounds * config.training.local_epochs
         progress(f"pooled-centralized baseline: all sites' training data, {epochs} epochs")
         checkpoint = train_pooled_centralized(
-            stores,
+            training,
             config.model,
             config.training,
             epochs,

@@ -30,6 +30,9 @@ from task.training import TrainingConfig
 from task.wire import (
     EVALUATE_METRIC_KEYS,
     HISTOGRAMS_PREFIX,
+    MSG_EVALUATE_STRATA,
+    MSG_TRAIN,
+    MSG_TRAIN_LOCAL,
     N_SCORE_BINS,
     PROFILE_KEYS,
     SUPPRESSED,
@@ -348,3 +351,70 @@ def test_central_dp_is_accounted_at_the_coordinator_and_labelled_as_such(
     for site_dir in site_dirs:
         entries = PrivacyLedger(site_dir).entries()
         assert [e.noise_multiplier for e in entries] == [0.0, 0.0]
+
+
+def test_a_held_out_site_trains_nothing_and_is_tested_as_external_data(
+    small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    sites = small_federation.fresh_copies(tmp_path / "sites")
+    trained, held = (SiteStore.open(d) for d in sites)
+    run = tmp_path / "run"
+    config = _config(run, holdout_sites=(held.site_id,), strategy=StrategyConfig(min_sites=1))
+    run_simulated_federation(sites, config, progress=lambda _: None)
+
+    evidence = _evidence(run)
+    assert evidence["run"]["holdout_sites"] == [held.site_id]
+    external = evidence["external_validation"]
+    n_test = sum(r.split == "test" for r in held.read_manifest())
+    assert external["sites"] == [held.site_id]
+    assert external["by_site"][held.site_id]["n"] == external["pooled"]["n"] == n_test
+    # Its training split was used for nothing, the threshold included.
+    n_train = sum(r.split == "train" for r in trained.read_manifest())
+    assert evidence["operating_point"]["n_train_cases"] == n_train
+    wire = [json.loads(line) for line in (run / "wire.jsonl").read_text().splitlines()]
+    sent = {
+        w["message_type"] for w in wire if w["site"] == held.site_id and w["direction"] == "sent"
+    }
+    assert MSG_TRAIN not in sent and MSG_TRAIN_LOCAL not in sent
+    assert MSG_EVALUATE_STRATA in sent
+    assert f"local-{held.site_id}" not in evidence["cross_site"]["models"]
+    assert not PrivacyLedger(held.root).entries()
+    assert PrivacyLedger(trained.root).entries()
+
+
+def test_an_evaluation_only_job_tests_a_frozen_model_and_trains_nothing(
+    run_dir: Path, small_federation: IngestedFederation, tmp_path: Path
+) -> None:
+    trained = _evidence(run_dir)
+    checkpoint = run_dir / trained["model"]["checkpoint"]
+    sites = small_federation.fresh_copies(tmp_path / "sites")
+    run = tmp_path / "validate"
+    threshold = trained["operating_point"]["threshold"]
+    config = FederationConfig(
+        run_dir=run,
+        privacy=PrivacyConfig.for_epsilon(float("inf")),
+        frozen_model=checkpoint,
+        operating_threshold=threshold,
+    )
+    run_simulated_federation(sites, config, pooled_baseline=False, progress=lambda _: None)
+
+    evidence = _evidence(run)
+    assert evidence["run"]["evaluation_only"] is True
+    assert evidence["run"]["rounds"] == 0 and evidence["rounds"] == []
+    assert evidence["model"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert evidence["cross_site"]["models"] == ["global"]
+    # The same model, threshold and test data: the same results as in the training run.
+    assert evidence["operating_point"]["threshold"] == pytest.approx(threshold)
+    for scope in ("pooled",):
+        assert evidence["performance"][scope]["auc"] == trained["performance"][scope]["auc"]
+        assert evidence["performance"][scope]["tp"] == trained["performance"][scope]["tp"]
+    assert not any(PrivacyLedger(d).entries() for d in sites)
+    wire = [json.loads(line) for line in (run / "wire.jsonl").read_text().splitlines()]
+    assert not {w["message_type"] for w in wire} & {MSG_TRAIN, MSG_TRAIN_LOCAL}
+
+
+def test_the_runs_evidence_satisfies_the_json_schema(run_dir: Path) -> None:
+    """validation/evidence.schema.json holds for a real run's evidence.json, as written."""
+    from validation.evidence import validate_evidence
+
+    validate_evidence(_evidence(run_dir))

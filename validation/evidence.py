@@ -15,6 +15,7 @@ import json
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,18 @@ from task.wire import (
     STRATUM_SUBGROUP,
     parse_histogram_key,
 )
-from validation.acceptance import evaluate_default_plan
+from validation.acceptance import AcceptancePlan, default_plan, evaluate_plan, read_plan_record
+from validation.calibration import assess_calibration
+from validation.heterogeneity import (
+    META_METRICS,
+    delong_difference_test,
+    heterogeneity_across_strata,
+)
 from validation.metrics import (
     ScoreHistogram,
     binary_performance,
     roc_auc_ci,
+    threshold_edge,
     threshold_probability,
     youden_threshold,
 )
@@ -75,15 +83,50 @@ def load_run(run_dir: Path) -> RunRecords:
 
 
 def write_evidence(run_dir: Path) -> Path:
-    """Build the evidence of the run in ``run_dir`` and write ``evidence.json``."""
-    evidence = build_evidence(load_run(run_dir))
+    """Build the evidence of the run in ``run_dir`` and write ``evidence.json``, judged by
+    the acceptance plan the run recorded (`validation.acceptance.write_plan_record`), else
+    the default plan; checked against the schema first (`validate_evidence`), so that an
+    invalid document is never written."""
+    evidence = build_evidence(load_run(run_dir), read_plan_record(run_dir))
+    text = json.dumps(evidence, indent=2)
+    validate_evidence(json.loads(text))  # the document as written, not the Python objects
     path = run_dir / EVIDENCE_FILE
-    path.write_text(json.dumps(evidence, indent=2))
+    path.write_text(text)
     return path
 
 
-def build_evidence(records: RunRecords) -> dict[str, Any]:
-    """The evidence.json contract of DESIGN.md, from a run's records."""
+# --- schema: validation/evidence.schema.json, checked before every write ---------------------
+
+#: The JSON Schema (draft 2020-12) of evidence.json, a resource of this package.
+EVIDENCE_SCHEMA = "evidence.schema.json"
+_SCHEMA_MESSAGE_LIMIT = 200
+
+
+def evidence_schema() -> dict[str, Any]:
+    """The JSON Schema every evidence.json satisfies (`EVIDENCE_SCHEMA`)."""
+    from importlib.resources import files
+
+    return json.loads(files("validation").joinpath(EVIDENCE_SCHEMA).read_text(encoding="utf-8"))
+
+
+def validate_evidence(document: Any) -> None:
+    """`EvidenceError` unless ``document`` (parsed evidence.json) satisfies `evidence_schema`:
+    one line naming the JSON path and the problem. Needs only ``jsonschema``, not a run."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(evidence_schema()).iter_errors(document))
+    if error is None:
+        return
+    message = " ".join(error.message.split())
+    if len(message) > _SCHEMA_MESSAGE_LIMIT:
+        message = message[: _SCHEMA_MESSAGE_LIMIT - 3] + "..."
+    raise EvidenceError(f"evidence.json does not match its schema at {error.json_path}: {message}")
+
+
+def build_evidence(records: RunRecords, plan: AcceptancePlan | None = None) -> dict[str, Any]:
+    """The evidence.json contract of DESIGN.md, from a run's records; ``acceptance`` judged
+    by ``plan`` (default: `validation.acceptance.default_plan`)."""
     run = records.run
     site_ids = [s["id"] for s in run["sites"]]
     histograms = _histograms_by_model(records.aggregates)
@@ -91,17 +134,31 @@ def build_evidence(records: RunRecords) -> dict[str, Any]:
     final = checkpoints[run["model"]["final_checkpoint"]]
 
     global_hists = histograms.get(GLOBAL_MODEL, {})
+    holdout = set(run["run"].get("holdout_sites", []))
     train_pooled = sum(
         (
             h
-            for (split, stratum, _), h in global_hists.items()
-            if split == "train" and stratum == STRATUM_SITE
+            for (split, stratum, site), h in global_hists.items()
+            if split == "train" and stratum == STRATUM_SITE and site not in holdout
         ),
         ScoreHistogram.empty(),
     )
-    if not (train_pooled.n_pos and train_pooled.n_neg):
+    given = run["run"].get("operating_threshold")
+    if given is not None:
+        threshold = threshold_edge(given)
+        threshold_method = (
+            f"given before the job ({given:g}), taken at the nearest score bin edge; the test "
+            "splits played no part"
+        )
+    elif train_pooled.n_pos and train_pooled.n_neg:
+        threshold = youden_threshold(train_pooled)
+        threshold_method = (
+            "Youden's J on the global model's score histograms of the training splits of all "
+            "sites that trained (held-out sites excluded), fixed before the test splits were "
+            "scored"
+        )
+    else:
         raise EvidenceError("no training-split histograms of both classes: cannot fix a threshold")
-    threshold = youden_threshold(train_pooled)
 
     models = list(run["models"])
     privacy = run["run"]["privacy"]
@@ -118,6 +175,8 @@ def build_evidence(records: RunRecords) -> dict[str, Any]:
             "strategy_parameters": run["run"]["strategy"],
             "training": run["run"]["training"],
             "data": run["run"]["data"],
+            "holdout_sites": sorted(holdout),
+            "evaluation_only": run["run"].get("evaluation_only", False),
             "timings_s": run.get("timings_s", {}),
         },
         "model": {
@@ -135,11 +194,13 @@ def build_evidence(records: RunRecords) -> dict[str, Any]:
         ],
         "operating_point": {
             "threshold": threshold_probability(threshold),
-            "method": "Youden's J on the global model's score histograms of all sites' "
-            "training splits, fixed before the test splits were scored",
+            "method": threshold_method,
             "n_train_cases": train_pooled.n,
         },
         "performance": _performance(global_hists, threshold),
+        "external_validation": _external_validation(global_hists, threshold, sorted(holdout)),
+        "heterogeneity": _heterogeneity(global_hists, threshold),
+        "calibration": _calibration(global_hists),
         "suppressed": [
             {"site": site, "stratum": stratum}
             for site, aggregate in sorted(records.aggregates.items())
@@ -150,7 +211,10 @@ def build_evidence(records: RunRecords) -> dict[str, Any]:
         "baselines": _baselines(histograms, models, site_ids),
         "rounds": _rounds(records.rounds),
     }
-    evidence["acceptance"] = evaluate_default_plan(evidence)
+    # --- acceptance (validation.acceptance) ---
+    plan = plan or default_plan()
+    evidence["acceptance_plan"] = plan.provenance()
+    evidence["acceptance"] = evaluate_plan(plan, evidence)
     return evidence
 
 
@@ -220,6 +284,82 @@ def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
         "by_subgroup": {
             column: strata_of(f"{STRATUM_SUBGROUP}:{column}") for column in subgroup_columns
         },
+    }
+
+
+def _external_validation(
+    histograms: Histograms, threshold: int, holdout: list[str]
+) -> dict[str, Any]:
+    """The global model on the test splits of the sites held out of all training
+    (leave-one-site-out): each alone, and together."""
+    return {
+        "sites": holdout,
+        "method": "sites held out of all training (no round, no local-only model, no "
+        "threshold); the global model tested on their test splits",
+        "by_site": {
+            site: binary_performance(_pooled(histograms, "test", STRATUM_SITE, {site}), threshold)
+            for site in holdout
+        },
+        "pooled": binary_performance(
+            _pooled(histograms, "test", STRATUM_SITE, set(holdout)), threshold
+        )
+        if holdout
+        else None,
+    }
+
+
+def _test_strata(histograms: Histograms, kind: str) -> dict[str, ScoreHistogram]:
+    """The test histograms per site (``kind`` "site") or per value of a stratum kind
+    ("manufacturer"), pooled over sites."""
+    test = {k: h for k, h in histograms.items() if k[0] == "test"}
+    if kind == "site":
+        sites = sorted({site for _, stratum, site in test if stratum == STRATUM_SITE})
+        return {site: _pooled(test, "test", STRATUM_SITE, {site}) for site in sites}
+    values = sorted({st.split("=", 1)[1] for _, st, _ in test if st.startswith(kind + "=")})
+    return {v: _pooled(test, "test", f"{kind}={v}") for v in values}
+
+
+def _heterogeneity(histograms: Histograms, threshold: int) -> dict[str, Any]:
+    """Between-site and between-manufacturer heterogeneity of the global model's AUC,
+    sensitivity and specificity (inverse-variance meta-analysis: forest rows, Cochran's Q,
+    I2, tau2), and unpaired DeLong tests of the AUC difference of every two manufacturers
+    (those with at least 2 test cases of each class)."""
+    by_site = _test_strata(histograms, "site")
+    by_manufacturer = _test_strata(histograms, STRATUM_MANUFACTURER)
+
+    def across(strata: dict[str, ScoreHistogram]) -> dict[str, Any]:
+        if not strata:  # every stratum withheld (or none reported): nothing to compare
+            return {}
+        return {
+            metric: heterogeneity_across_strata(strata, metric, edge_index=threshold).to_dict()
+            for metric in META_METRICS
+        }
+
+    # DeLong needs 2 cases per class; a manufacturer with fewer is left out of the pairs.
+    usable = {m: h for m, h in by_manufacturer.items() if min(h.n_pos, h.n_neg) >= 2}
+    return {
+        "across_sites": across(by_site),
+        "across_manufacturers": across(by_manufacturer),
+        "manufacturer_auc_differences": [
+            {"a": a, "b": b, **delong_difference_test(usable[a], usable[b]).to_dict()}
+            for a, b in combinations(sorted(usable), 2)
+        ],
+    }
+
+
+def _calibration(histograms: Histograms) -> dict[str, Any]:
+    """The global model's calibration on the test data, pooled and per site (a stratum
+    without both classes is listed with the reason instead)."""
+
+    def assess(histogram: ScoreHistogram) -> dict[str, Any]:
+        if not (histogram.n_pos and histogram.n_neg):
+            return {"not_assessed": "needs cases of both classes", "n": histogram.n}
+        return assess_calibration(histogram).to_dict()
+
+    test = {k: h for k, h in histograms.items() if k[0] == "test"}
+    return {
+        "pooled": assess(_pooled(test, "test", STRATUM_SITE)),
+        "by_site": {site: assess(h) for site, h in _test_strata(histograms, "site").items()},
     }
 
 
