@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import secrets
 import sys
 import traceback
@@ -161,6 +162,74 @@ def _add_federation_options(parser: argparse.ArgumentParser) -> None:
     _add_privacy_options(parser)
 
 
+# --- acceptance plans (validation.acceptance) ---
+def _add_acceptance_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--acceptance",
+        type=Path,
+        metavar="PLAN.toml",
+        help="acceptance plan: pre-specified criteria (metric, statistic, threshold, scope) the "
+        "evidence says pass or fail to; checked before anything runs (default: medfed's plan, "
+        "validation/plans/default.toml)",
+    )
+
+
+# --- report (validation.report) ---
+def _add_report_command(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write RUN/report.html and RUN/report.pdf from RUN/evidence.json",
+        description="Writes RUN/report.html, one self-contained page that opens offline "
+        "(Plotly's JavaScript inlined; the page loads nothing), and RUN/report.pdf, the same "
+        "page printed by headless Chromium (apt-get install chromium, or MEDFED_CHROMIUM=PATH). "
+        "It reads only RUN/evidence.json (and --intended-use): intended use and task, data "
+        "provenance, model identity, training and privacy, performance with intervals and "
+        "forest plots, the cross-site matrix, calibration, subgroups, acceptance, limitations, "
+        "and where it answers the Good Machine Learning Practice principles and the CLAIM "
+        "checklist. What the evidence lacks is listed as a gap, never filled in.",
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN", help="run directory (evidence.json)")
+    report.add_argument(
+        "--intended-use",
+        type=Path,
+        metavar="FILE",
+        help="the device's intended-use statement (Markdown or text), from the manufacturer; "
+        "without it the report marks the intended use as missing",
+    )
+    report.add_argument(
+        "--no-pdf",
+        action="store_true",
+        help="write report.html only (an older report.pdf is removed); without Chromium, "
+        "report.html is written and the command fails saying how to get the PDF",
+    )
+    report.set_defaults(run=_report)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from validation.report import write_report
+
+    files = write_report(args.run_dir, args.intended_use, pdf=not args.no_pdf)
+    print(f"report: {files.html}")
+    if files.pdf is not None and files.page is not None:
+        print(
+            f"        {files.pdf} ({files.page.figures} figures drawn, no console error, "
+            "no network request)"
+        )
+
+
+def _demo_report(run_dir: Path) -> None:
+    """The demo's report: HTML and PDF, or only the HTML (saying so) without Chromium."""
+    from validation.report import write_report
+    from validation.report.browser import INSTALL_HINT, find_chromium
+
+    files = write_report(run_dir, pdf=find_chromium() is not None)
+    print(f"report:        {files.html.resolve()}")
+    if files.pdf is None:
+        _say(f"report.pdf not written: no Chromium ({INSTALL_HINT}), then medfed report {run_dir}")
+    else:
+        print(f"               {files.pdf.resolve()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``medfed`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -187,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_phantom_options(demo)
     _add_federation_options(demo)
+    _add_acceptance_option(demo)
     demo.set_defaults(run=_demo)
 
     phantoms = commands.add_parser(
@@ -374,6 +444,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     budget.set_defaults(run=_budget)
 
+    validate = commands.add_parser(
+        "validate",
+        help="an evaluation-only job: a frozen model tested at every site, no training",
+        description="Runs a frozen checkpoint (a medfed run's, or an external PyTorch state "
+        "dict for the same task and architecture) at every site store, with no training and "
+        "so no privacy spent, and writes RUN/evidence.json: performance per site, scanner "
+        "and subgroup with intervals, and the acceptance results. The operating threshold "
+        "is --threshold if given, else chosen on the sites' training splits.",
+    )
+    validate.add_argument(
+        "--model", type=Path, required=True, metavar="CKPT", help="the checkpoint file (.pt)"
+    )
+    validate.add_argument(
+        "--architecture",
+        choices=MODELS,
+        default="blob",
+        help="the checkpoint's architecture (default: blob)",
+    )
+    validate.add_argument(
+        "--site-dir",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="SITE",
+        help="a site store (repeat for each site)",
+    )
+    validate.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory")
+    validate.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="operating threshold, a probability fixed beforehand (e.g. the training run's "
+        "evidence operating_point.threshold)",
+    )
+    validate.add_argument(
+        "--simulated-data",
+        action="store_true",
+        help="say in the evidence that the sites or scanner differences are simulated",
+    )
+    _add_acceptance_option(validate)
+    validate.set_defaults(run=_validate)
+
     simulate = commands.add_parser(
         "simulate",
         help="a federation of existing site stores on Flower's simulation runtime",
@@ -393,12 +505,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-pooled-baseline", action="store_true", help="skip the pooled-centralized baseline"
     )
     simulate.add_argument(
+        "--holdout",
+        action="append",
+        metavar="SITE",
+        help="leave-one-site-out external validation: SITE (a site id; repeatable) trains "
+        "nothing and is only tested on; its results are in the evidence's external_validation",
+    )
+    simulate.add_argument(
         "--simulated-data",
         action="store_true",
         help="say in the evidence that the sites or scanner differences are simulated",
     )
     _add_federation_options(simulate)
+    _add_acceptance_option(simulate)
     simulate.set_defaults(run=_simulate)
+    _add_report_command(commands)
     return parser
 
 
@@ -423,8 +544,11 @@ def _demo(args: argparse.Namespace) -> None:
         model=args.model,
         local_epochs=args.local_epochs,
         privacy=_privacy_config(args),
+        acceptance=args.acceptance,
     )
-    _print_evidence(run_demo(config, progress=_say))
+    evidence = run_demo(config, progress=_say)
+    _print_evidence(evidence)
+    _demo_report(evidence.parent)
 
 
 def _phantoms(args: argparse.Namespace) -> None:
@@ -639,12 +763,15 @@ def _budget(args: argparse.Namespace) -> None:
 def _simulate(args: argparse.Namespace) -> None:
     from server.server_app import DataProvenance, FederationConfig
     from server.strategies import StrategyConfig
+    from simulations.demo import stage_acceptance_plan
     from simulations.federation import run_simulated_federation
     from task.model import ModelConfig
     from task.training import recipe
+    from validation.acceptance import resolve_plan
 
     if len(args.site_dir) < 2:
         raise _Usage("a federation needs at least two --site-dir")
+    plan = resolve_plan(args.acceptance)
     provenance = DataProvenance(
         description="site stores " + ", ".join(d.name for d in args.site_dir),
         simulated=args.simulated_data,
@@ -653,18 +780,52 @@ def _simulate(args: argparse.Namespace) -> None:
         run_dir=args.out,
         rounds=args.rounds,
         seed=args.seed,
+        expected_sites=len(args.site_dir),
+        holdout_sites=tuple(args.holdout or ()),
         strategy=StrategyConfig(name=args.strategy),
         training=recipe(args.model, args.local_epochs),
         model=ModelConfig(architecture=args.model),
         privacy=_privacy_config(args),
         provenance=provenance,
     )
+    stage_acceptance_plan(plan, args.site_dir, args.out)
     result = run_simulated_federation(
         args.site_dir,
         config,
         pooled_baseline=not args.no_pooled_baseline,
         progress=_say,
         verbose=args.debug,
+    )
+    _print_evidence(result.evidence)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from server.checkpoints import load_frozen_model
+    from server.server_app import DataProvenance, FederationConfig
+    from simulations.demo import stage_acceptance_plan
+    from simulations.federation import run_simulated_federation
+    from task.model import ModelConfig
+    from task.privacy import PrivacyConfig
+    from validation.acceptance import resolve_plan
+
+    plan = resolve_plan(args.acceptance)
+    model = ModelConfig(architecture=args.architecture)
+    load_frozen_model(args.model, model)  # a wrong file fails here, before Ray starts
+    config = FederationConfig(
+        run_dir=args.out,
+        expected_sites=len(args.site_dir),
+        model=model,
+        privacy=PrivacyConfig.for_epsilon(math.inf),
+        provenance=DataProvenance(
+            description="site stores " + ", ".join(d.name for d in args.site_dir),
+            simulated=args.simulated_data,
+        ),
+        frozen_model=args.model.resolve(),
+        operating_threshold=args.threshold,
+    )
+    stage_acceptance_plan(plan, args.site_dir, args.out)
+    result = run_simulated_federation(
+        args.site_dir, config, pooled_baseline=False, progress=_say, verbose=args.debug
     )
     _print_evidence(result.evidence)
 

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import IngestedFederation
 from dicom_factory import CtSpec, truncate_in_pixel_data, write_ct
+
+from task.model import ModelConfig, build_model
 
 COMMANDS = [
     "demo",
@@ -25,6 +28,7 @@ COMMANDS = [
     "site label",
     "site budget",
     "simulate",
+    "validate",
 ]
 
 
@@ -305,3 +309,22 @@ def test_central_dp_with_fedadam_is_refused_before_anything_runs(tmp_path: Path)
     assert result.stderr.strip() == (
         "medfed: error: central DP averages like FedAvg: use --strategy fedavg or fedprox"
     )
+
+
+def test_validate_refuses_a_checkpoint_of_another_model_in_one_line(tmp_path: Path) -> None:
+    cnn = tmp_path / "cnn.pt"
+    torch.save(build_model(ModelConfig(architecture="cnn")).state_dict(), cnn)
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    for checkpoint, expected in (
+        (cnn, "not a checkpoint of the blob model"),
+        (tmp_path / "notes.pt", "not a PyTorch checkpoint"),
+        (tmp_path / "missing.pt", "no such checkpoint file"),
+    ):
+        result = medfed(
+            "validate", "--model", checkpoint, "--site-dir", tmp_path / "site-a",
+            "--site-dir", tmp_path / "site-b", "--out", tmp_path / "run",
+        )  # fmt: skip
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and str(checkpoint) in lines[0]
+    assert not (tmp_path / "run").exists()  # refused before anything ran
