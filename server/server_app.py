@@ -458,4 +458,5 @@ def _site_record(site: SiteProfile) -> dict[str, Any]:
             }
             for s in site.scanners
         },
+        "deidentification": site.deidentification,
     }

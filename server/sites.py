@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -31,7 +32,8 @@ class ScannerCount:
 
 @dataclass(frozen=True)
 class SiteProfile:
-    """A site as the coordinator knows it: its node, id and case counts (no case data)."""
+    """A site as the coordinator knows it: its node, id, case counts (no case data) and how
+    its cases were de-identified (None when the site does not say)."""
 
     node_id: int
     site_id: str
@@ -41,6 +43,7 @@ class SiteProfile:
     n_train_positive: int
     n_test_positive: int
     scanners: tuple[ScannerCount, ...]
+    deidentification: dict[str, Any] | None = None
 
     @classmethod
     def from_record(cls, node_id: int, record: ConfigRecord) -> SiteProfile:
@@ -63,6 +66,17 @@ class SiteProfile:
             n_train_positive=int(record["n-train-positive"]),
             n_test_positive=int(record["n-test-positive"]),
             scanners=scanners,
+            deidentification=(
+                {
+                    "profile": str(record["deid-profile"]),
+                    "standard": str(record.get("deid-standard", "")),
+                    "options": [str(o) for o in record.get("deid-options", [])],
+                    "table_sha256": str(record.get("deid-table-sha256", "")),
+                    "software": str(record.get("deid-software", "")),
+                }
+                if "deid-profile" in record
+                else None
+            ),
         )
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from site_client.dataset import load_split
 from site_client.egress import EgressGuard
 from site_client.evaluation import class_histograms, stratified_histograms
+from site_client.intake_report import latest_deidentification
 from site_client.ledger import PrivacyLedger
 from site_client.privacy import PlannedRelease, PrivacyRefused, ReleaseRequest, plan_release
 from site_client.store import SiteStore
@@ -124,7 +125,8 @@ def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
 
 
 def site_profile(store: SiteStore, _content: RecordDict) -> RecordDict:
-    """Site id, minimum cell size, and case counts per split, class and scanner group."""
+    """Site id, minimum cell size, case counts per split, class and scanner group, and how
+    its cases were de-identified (its latest intake report)."""
     records = store.read_manifest()
     counts = Counter((r.manufacturer, r.model, r.split) for r in records)
     scanners = sorted({(r.manufacturer, r.model) for r in records})
@@ -142,6 +144,13 @@ def site_profile(store: SiteStore, _content: RecordDict) -> RecordDict:
             "scanner-n-test": [counts[(m, model, "test")] for m, model in scanners],
         }
     )
+    method = latest_deidentification(store.intake_reports_dir)
+    if method is not None:
+        profile["deid-profile"] = str(method.get("profile", ""))
+        profile["deid-standard"] = str(method.get("standard", ""))
+        profile["deid-options"] = [str(o) for o in method.get("options", [])]
+        profile["deid-table-sha256"] = str(method.get("table_sha256", ""))
+        profile["deid-software"] = str(method.get("software", ""))
     return RecordDict({PROFILE: profile})
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 
 class IntakeProblem(StrEnum):
@@ -84,3 +85,16 @@ class IntakeReport:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
         tmp.replace(path)
+
+
+def latest_deidentification(folder: Path) -> dict[str, Any] | None:
+    """The ``deidentification`` of the newest intake report in ``folder`` (reports are
+    named by their time), or None when there is none."""
+    for path in sorted(folder.glob("*.json"), reverse=True):
+        try:
+            method = json.loads(path.read_text(encoding="utf-8")).get("deidentification")
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged report says nothing about how the cases were treated
+        if isinstance(method, dict):
+            return method
+    return None

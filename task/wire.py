@@ -61,6 +61,13 @@ PROFILE_KEYS = frozenset(
         "scanner-models",
         "scanner-n-train",
         "scanner-n-test",
+        # How the site's cases were de-identified (its latest intake session; absent for a
+        # store made before intake reports): profile, options, table SHA-256, software.
+        "deid-profile",
+        "deid-standard",
+        "deid-options",
+        "deid-table-sha256",
+        "deid-software",
     }
 )
 #: The privacy record of a release trained with DP-SGD at the site: this run's epsilon at

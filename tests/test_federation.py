@@ -418,3 +418,11 @@ def test_the_runs_evidence_satisfies_the_json_schema(run_dir: Path) -> None:
     from validation.evidence import validate_evidence
 
     validate_evidence(_evidence(run_dir))
+
+
+def test_each_site_says_how_its_cases_were_de_identified(run_dir: Path) -> None:
+    for site in _evidence(run_dir)["sites"]:
+        method = site["deidentification"]
+        assert method["profile"] == "Basic Application Confidentiality Profile"
+        assert "Retain Device Identity Option" in method["options"]
+        assert len(method["table_sha256"]) == 64 and method["software"].startswith("medfed ")

@@ -465,6 +465,8 @@ def _site_entry(site: dict[str, Any]) -> dict[str, Any]:
         "scanners": {
             name: s["n_train"] + s["n_test"] for name, s in sorted(site["scanners"].items())
         },
+        # How the site de-identified its cases (profile, options, table SHA-256, software).
+        "deidentification": site.get("deidentification"),
     }
 
 

@@ -12,6 +12,7 @@ a site was held out of training.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from validation.report.blocks import Cell, Section, Table, row
@@ -53,7 +54,8 @@ class Facts:
             real_data=not src.simulated,
             external=bool(dig(src.data, "run", "holdout_sites")),
             subgroups=bool(dig(src.data, "performance", "by_subgroup")),
-            deidentification=bool(sites) and all("deidentification" in s for s in sites),
+            deidentification=bool(sites)
+            and all(isinstance(s.get("deidentification"), Mapping) for s in sites),
             study_dates=bool(sites) and all("study_dates" in s for s in sites),
         )
 
