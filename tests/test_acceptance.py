@@ -7,13 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import IngestedFederation
+from test_cli import medfed
 
 from simulations.demo import site_store_scopes
 from validation.acceptance import (
@@ -364,16 +364,11 @@ def test_the_run_record_keeps_the_plan_and_its_hash(tmp_path: Path) -> None:
 
 
 def test_the_evidence_is_judged_by_the_recorded_plan(tmp_path: Path) -> None:
-    from test_evidence import _records
+    from test_evidence import _records, write_run_records
 
     from validation.evidence import write_evidence
 
-    records, _ = _records()
-    (tmp_path / "site-aggregates").mkdir()
-    (tmp_path / "run.json").write_text(json.dumps(records.run))
-    for site, aggregate in records.aggregates.items():
-        (tmp_path / "site-aggregates" / f"{site}.json").write_text(json.dumps(aggregate))
-    (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in records.rounds))
+    write_run_records(_records()[0], tmp_path)
     plan = load_plan(_write(tmp_path, GOOD_PLAN))
     write_plan_record(plan, tmp_path)
     evidence = json.loads(write_evidence(tmp_path).read_text())
@@ -400,16 +395,6 @@ def test_site_store_scopes(small_federation: IngestedFederation) -> None:
 # --- the command ------------------------------------------------------------------------------
 
 
-def _medfed(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "medfed", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -420,12 +405,12 @@ def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 def test_a_malformed_plan_fails_in_one_line_before_anything_runs(tmp_path: Path) -> None:
     plan = _write(tmp_path, GOOD_PLAN.replace('metric = "auc"', 'metric = "accuracy"'))
     line = _one_line_error(
-        _medfed("demo", "--out", tmp_path / "demo", "--acceptance", plan, cwd=tmp_path)
+        medfed("demo", "--out", tmp_path / "demo", "--acceptance", plan, cwd=tmp_path)
     )
     assert f"{plan}: criterion 'ge-auc': unknown metric 'accuracy'" in line
     assert not (tmp_path / "demo").exists()
     line = _one_line_error(
-        _medfed(
+        medfed(
             "simulate",
             "--site-dir",
             tmp_path / "a",
@@ -446,7 +431,7 @@ def test_a_plan_naming_an_unknown_site_fails_before_training(
 ) -> None:
     plan = _write(tmp_path, GOOD_PLAN.replace('scope = "manufacturer:GE"', 'scope = "site:site-q"'))
     sites = [a for d in small_federation.site_dirs for a in ("--site-dir", d)]
-    result = _medfed(
+    result = medfed(
         "simulate", *sites, "--out", tmp_path / "run", "--acceptance", plan, cwd=tmp_path
     )
     line = _one_line_error(result)

@@ -338,13 +338,19 @@ def test_records_of_suppression_failures_and_rounds_reach_the_evidence() -> None
     assert evidence["model"]["sha256"] == "ab" * 32
 
 
+def write_run_records(records: RunRecords, run_dir: Path) -> None:
+    """Lay ``records`` out in ``run_dir`` as a run does (run.json, site-aggregates/,
+    rounds.jsonl)."""
+    (run_dir / "site-aggregates").mkdir()
+    (run_dir / "run.json").write_text(json.dumps(records.run))
+    for site, aggregate in records.aggregates.items():
+        (run_dir / "site-aggregates" / f"{site}.json").write_text(json.dumps(aggregate))
+    (run_dir / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in records.rounds))
+
+
 def test_write_and_load_round_trip(tmp_path: Path) -> None:
     records, _ = _records()
-    (tmp_path / "site-aggregates").mkdir()
-    (tmp_path / "run.json").write_text(json.dumps(records.run))
-    for site, aggregate in records.aggregates.items():
-        (tmp_path / "site-aggregates" / f"{site}.json").write_text(json.dumps(aggregate))
-    (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in records.rounds))
+    write_run_records(records, tmp_path)
     path = write_evidence(tmp_path)
     evidence = json.loads(path.read_text())
     for key in (
