@@ -379,7 +379,8 @@ def test_validation_never_imports_flower_or_torch() -> None:
     import sys
 
     code = (
-        "import sys, validation.evidence, validation.summary, validation.metrics;"
+        "import sys, validation.evidence, validation.summary, validation.metrics, "
+        "validation.heterogeneity, validation.calibration, validation.report.build;"
         "print(sorted({'flwr', 'torch', 'ray'} & set(sys.modules)))"
     )
     result = subprocess.run(
