@@ -459,4 +459,7 @@ def _site_record(site: SiteProfile) -> dict[str, Any]:
             for s in site.scanners
         },
         "deidentification": site.deidentification,
+        **site.acquisition,
+        "subgroups": site.subgroups,
+        "intake": site.intake,
     }

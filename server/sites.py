@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from task.wire import MSG_PROFILE, PROFILE
+from task.wire import MSG_PROFILE, PROFILE, STRATUM_SUBGROUP
 
 
 class FederationError(RuntimeError):
@@ -44,6 +44,9 @@ class SiteProfile:
     n_test_positive: int
     scanners: tuple[ScannerCount, ...]
     deidentification: dict[str, Any] | None = None
+    acquisition: dict[str, Any] = field(default_factory=dict)
+    subgroups: dict[str, Any] = field(default_factory=dict)
+    intake: dict[str, Any] | None = None
 
     @classmethod
     def from_record(cls, node_id: int, record: ConfigRecord) -> SiteProfile:
@@ -77,7 +80,71 @@ class SiteProfile:
                 if "deid-profile" in record
                 else None
             ),
+            acquisition=_acquisition(record),
+            subgroups=_subgroups(record),
+            intake=_intake(record),
         )
+
+
+def _counts(record: ConfigRecord, names_key: str, counts_key: str) -> dict[str, int]:
+    """``{name: count}`` from a profile's parallel lists (empty when the site sends none)."""
+    names, counts = record.get(names_key, []), record.get(counts_key, [])
+    return {str(n): int(c) for n, c in zip(names, counts, strict=True)}  # type: ignore[arg-type]
+
+
+def _acquisition(record: ConfigRecord) -> dict[str, Any]:
+    """Modalities, body parts (name -> cases) and the range of original study years
+    (``{first, last, n}``; None when no case has a study date)."""
+    years = None
+    if "study-year-first" in record:
+        years = {
+            "first": int(record["study-year-first"]),  # type: ignore[arg-type]
+            "last": int(record["study-year-last"]),  # type: ignore[arg-type]
+            "n": int(record["study-year-n"]),  # type: ignore[arg-type]
+        }
+    return {
+        "modalities": _counts(record, "modalities", "modality-n"),
+        "body_parts": _counts(record, "body-parts", "body-part-n"),
+        "study_years": years,
+    }
+
+
+def _subgroups(record: ConfigRecord) -> dict[str, Any]:
+    """Training and test cases per subgroup column and value, and the strata suppressed
+    (``"<column>=<value>"``)."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    strata = [str(s) for s in record.get("subgroup-strata", [])]  # type: ignore[union-attr]
+    for stratum, n_train, n_test in zip(
+        strata, record.get("subgroup-n-train", []), record.get("subgroup-n-test", []), strict=True
+    ):
+        column, value = _subgroup_of(stratum)
+        counts.setdefault(column, {})[value] = {"n_train": int(n_train), "n_test": int(n_test)}
+    suppressed = [
+        "=".join(_subgroup_of(str(s)))
+        for s in record.get("subgroup-suppressed", [])  # type: ignore[union-attr]
+    ]
+    return {"counts": counts, "suppressed": suppressed}
+
+
+def _subgroup_of(stratum: str) -> tuple[str, str]:
+    """``("sex", "F")`` from the stratum name ``subgroup:sex=F``."""
+    kind, _, value = stratum.partition("=")
+    return kind.removeprefix(f"{STRATUM_SUBGROUP}:"), value
+
+
+def _intake(record: ConfigRecord) -> dict[str, Any] | None:
+    """The site's intake sessions added up (None when the site does not say)."""
+    if "intake-sessions" not in record:
+        return None
+    return {
+        "sessions": int(record["intake-sessions"]),  # type: ignore[arg-type]
+        "received": int(record["intake-received"]),  # type: ignore[arg-type]
+        "stored": int(record["intake-stored"]),  # type: ignore[arg-type]
+        "already_stored": int(record["intake-already-stored"]),  # type: ignore[arg-type]
+        "quarantined": int(record["intake-quarantined"]),  # type: ignore[arg-type]
+        "failed": int(record["intake-failed"]),  # type: ignore[arg-type]
+        "quarantine_reasons": _counts(record, "intake-quarantine-reasons", "intake-quarantine-n"),
+    }
 
 
 def discover_sites(grid: Grid, expected: int, timeout_s: float) -> list[SiteProfile]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,9 @@ from torch import nn
 from site_client.dataset import load_split
 from site_client.egress import EgressGuard
 from site_client.evaluation import class_histograms, stratified_histograms
-from site_client.intake_report import latest_deidentification
 from site_client.ledger import PrivacyLedger
 from site_client.privacy import PlannedRelease, PrivacyRefused, ReleaseRequest, plan_release
+from site_client.profile import site_profile
 from site_client.store import SiteStore
 from site_client.training import mean_loss, predict_logits, train_model
 from task.config_record import from_config
@@ -116,7 +115,7 @@ def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
 
         return handle
 
-    app.query("profile")(handler(site_profile))
+    app.query("profile")(handler(profile))
     app.train()(handler(lambda store, content: train(store, content, local_only=False)))
     app.train("local")(handler(lambda store, content: train(store, content, local_only=True)))
     app.evaluate()(handler(evaluate_round))
@@ -124,34 +123,9 @@ def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
     return app
 
 
-def site_profile(store: SiteStore, _content: RecordDict) -> RecordDict:
-    """Site id, minimum cell size, case counts per split, class and scanner group, and how
-    its cases were de-identified (its latest intake report)."""
-    records = store.read_manifest()
-    counts = Counter((r.manufacturer, r.model, r.split) for r in records)
-    scanners = sorted({(r.manufacturer, r.model) for r in records})
-    profile = ConfigRecord(
-        {
-            "site-id": store.site_id,
-            "min-cell-size": store.policy.min_cell_size,
-            "n-train": sum(r.split == "train" for r in records),
-            "n-test": sum(r.split == "test" for r in records),
-            "n-train-positive": sum(r.split == "train" and r.label == 1 for r in records),
-            "n-test-positive": sum(r.split == "test" and r.label == 1 for r in records),
-            "scanner-manufacturers": [m for m, _ in scanners],
-            "scanner-models": [model for _, model in scanners],
-            "scanner-n-train": [counts[(m, model, "train")] for m, model in scanners],
-            "scanner-n-test": [counts[(m, model, "test")] for m, model in scanners],
-        }
-    )
-    method = latest_deidentification(store.intake_reports_dir)
-    if method is not None:
-        profile["deid-profile"] = str(method.get("profile", ""))
-        profile["deid-standard"] = str(method.get("standard", ""))
-        profile["deid-options"] = [str(o) for o in method.get("options", [])]
-        profile["deid-table-sha256"] = str(method.get("table_sha256", ""))
-        profile["deid-software"] = str(method.get("software", ""))
-    return RecordDict({PROFILE: profile})
+def profile(store: SiteStore, _content: RecordDict) -> RecordDict:
+    """The site's profile (`site_client.profile.site_profile`): counts, no case data."""
+    return RecordDict({PROFILE: site_profile(store)})
 
 
 def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict:

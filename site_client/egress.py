@@ -73,6 +73,7 @@ def check_reply(request: Message, reply: Message, min_cell_size: int) -> None:
     if message_type == MSG_PROFILE:
         _expect_records(content, {PROFILE: ConfigRecord})
         _expect_keys(content[PROFILE], PROFILE_KEYS, PROFILE)
+        _check_subgroup_counts(content[PROFILE], min_cell_size)
     elif message_type in (MSG_TRAIN, MSG_TRAIN_LOCAL):
         _expect_records(content, {ARRAYS: ArrayRecord, METRICS: MetricRecord})
         _expect_same_arrays(request.content[ARRAYS], content[ARRAYS])
@@ -141,6 +142,15 @@ def _expect_histogram_pair(
     total = sum(negatives) + sum(positives)  # type: ignore[arg-type]
     if total < min_cell_size:
         raise EgressViolation(f"{where}: stratum of {total} cases is below the minimum cell size")
+
+
+def _check_subgroup_counts(profile: ConfigRecord, min_cell_size: int) -> None:
+    for key in ("subgroup-n-train", "subgroup-n-test"):
+        small = [n for n in profile.get(key, []) if 0 < int(n) < min_cell_size]  # type: ignore[call-overload]
+        if small:
+            raise EgressViolation(
+                f"{PROFILE} {key}: a count of {small[0]} is below the minimum cell size"
+            )
 
 
 def _check_stratified_histograms(name: str, record: MetricRecord, min_cell_size: int) -> None:

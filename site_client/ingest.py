@@ -209,6 +209,7 @@ def _records(cases: list[_NewCase], seed: int, test_fraction: float) -> list[Cas
             columns=c.image.image.shape[1],
             has_mask=c.has_mask,
             subgroups=dict(c.row.subgroups),
+            acquisition=c.image.acquisition,
         )
         for c in sorted(cases, key=lambda c: c.image.case_id)
     ]

@@ -10,7 +10,9 @@ and one-line reason the caller puts in the quarantine.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -19,19 +21,48 @@ from site_client.burned_in import burned_in_text_risk, mask_regions
 from site_client.decode import UnusableInput, decode_image, one_line, scanner_group
 from site_client.deid import Deidentifier
 from site_client.intake_report import IntakeProblem
-from site_client.store import SiteStore
+from site_client.store import Acquisition, SiteStore
 
 
 @dataclass(frozen=True)
 class IntakenImage:
     """A de-identified, decoded instance: its case id, image (float32, 2-D), scanner group
-    and whether burned-in text regions were masked."""
+    whether burned-in text regions were masked, and its acquisition."""
 
     case_id: str
     image: np.ndarray
     manufacturer: str
     model: str
     masked_text: bool
+    acquisition: Acquisition
+
+
+#: A DICOM code string as it may leave the site in aggregate counts (PS3.5 CS: upper-case
+#: letters, digits, space and underscore, at most 16 characters).
+_CODE_STRING = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+#: The header dates that say when a study was acquired, the most general first.
+_STUDY_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+_EARLIEST_YEAR = 1895  # Roentgen
+
+
+def acquisition(original: Dataset, clean: Dataset) -> Acquisition:
+    """The `Acquisition` of an instance: modality and body part from its de-identified
+    header ``clean`` (``"OTHER"`` for a value that is not a plain code string), and the
+    study year from its ``original`` header, whose dates de-identification shifts (the
+    first valid ``YYYYMMDD`` of `_STUDY_DATES`; None if none is)."""
+    codes = []
+    for keyword in ("Modality", "BodyPartExamined"):
+        value = str(clean.get(keyword) or "").strip().upper()
+        codes.append(value if not value or _CODE_STRING.match(value) else "OTHER")
+    year = None
+    for keyword in _STUDY_DATES:
+        value = str(original.get(keyword) or "").strip()
+        if len(value) == 8 and value.isdigit():
+            candidate = int(value[:4])
+            if _EARLIEST_YEAR <= candidate <= date.today().year:
+                year = candidate
+                break
+    return Acquisition(codes[0], codes[1], year)
 
 
 class InstanceIntake:
@@ -76,4 +107,6 @@ class InstanceIntake:
         if text_risk:
             image = mask_regions(image, burned_in.regions)
         manufacturer, model = scanner_group(clean)
-        return IntakenImage(case_id, image, manufacturer, model, bool(text_risk))
+        return IntakenImage(
+            case_id, image, manufacturer, model, bool(text_risk), acquisition(ds, clean)
+        )

@@ -87,14 +87,58 @@ class IntakeReport:
         tmp.replace(path)
 
 
-def latest_deidentification(folder: Path) -> dict[str, Any] | None:
-    """The ``deidentification`` of the newest intake report in ``folder`` (reports are
-    named by their time), or None when there is none."""
+def _reports(folder: Path) -> list[dict[str, Any]]:
+    """The readable intake reports in ``folder``, newest first (reports are named by their
+    time); a damaged one says nothing and is passed over."""
+    reports = []
     for path in sorted(folder.glob("*.json"), reverse=True):
         try:
-            method = json.loads(path.read_text(encoding="utf-8")).get("deidentification")
-        except (OSError, ValueError, AttributeError):
-            continue  # a damaged report says nothing about how the cases were treated
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(report, dict):
+            reports.append(report)
+    return reports
+
+
+def latest_deidentification(folder: Path) -> dict[str, Any] | None:
+    """The ``deidentification`` of the newest intake report in ``folder``, or None when
+    there is none."""
+    for report in _reports(folder):
+        method = report.get("deidentification")
         if isinstance(method, dict):
             return method
     return None
+
+
+@dataclass
+class IntakeTotals:
+    """The counts of every intake session of a site added up (``received == stored +
+    already_stored + quarantined + failed``), with the quarantine reasons."""
+
+    sessions: int = 0
+    received: int = 0
+    stored: int = 0
+    already_stored: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def intake_totals(folder: Path) -> IntakeTotals:
+    """The `IntakeTotals` of the intake reports in ``folder`` (a damaged report counts as
+    no session)."""
+    totals = IntakeTotals()
+    counts = ("received", "stored", "already_stored", "quarantined", "failed")
+    for report in _reports(folder):
+        values = [report.get(name, 0) for name in counts]
+        reasons = report.get("quarantine_reasons", {})
+        if not all(isinstance(v, int) for v in values) or not isinstance(reasons, dict):
+            continue
+        totals.sessions += 1
+        for name, value in zip(counts, values, strict=True):
+            setattr(totals, name, getattr(totals, name) + value)
+        for reason, n in reasons.items():
+            if isinstance(n, int):
+                totals.quarantine_reasons[reason] = totals.quarantine_reasons.get(reason, 0) + n
+    return totals

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from site_client.deid import Deidentifier
 from site_client.ingest import assign_splits
-from site_client.store import CaseRecord, SiteStore
+from site_client.store import Acquisition, CaseRecord, SiteStore
 from task.labels import UID_KEY, LabelRowError, read_labels
 
 
 @dataclass(frozen=True)
 class ReceivedCase:
-    """A stored, unlabelled case: its id, scanner group, image size and whether burned-in
-    text regions were masked."""
+    """A stored, unlabelled case: its id, scanner group, image size, whether burned-in
+    text regions were masked, and its acquisition."""
 
     case_id: str
     manufacturer: str
@@ -33,9 +33,18 @@ class ReceivedCase:
     rows: int
     columns: int
     masked_text: bool
+    acquisition: Acquisition = field(default_factory=Acquisition)
 
 
-RECEIVED_COLUMNS = tuple(f.name for f in fields(ReceivedCase))
+RECEIVED_COLUMNS = (
+    "case_id",
+    "manufacturer",
+    "model",
+    "rows",
+    "columns",
+    "masked_text",
+    *Acquisition.COLUMNS,
+)
 
 
 class ReceivedIndex:
@@ -51,7 +60,17 @@ class ReceivedIndex:
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer)
         writer.writerow(RECEIVED_COLUMNS)
-        writer.writerow([int(v) if isinstance(v, bool) else v for v in astuple(case)])
+        writer.writerow(
+            [
+                case.case_id,
+                case.manufacturer,
+                case.model,
+                case.rows,
+                case.columns,
+                int(case.masked_text),
+                *case.acquisition.to_columns(),
+            ]
+        )
         self.store.write_file(self._name(case.case_id), buffer.getvalue().encode("utf-8"))
 
     def cases(self) -> dict[str, ReceivedCase]:
@@ -67,6 +86,7 @@ class ReceivedIndex:
                     rows=int(row["rows"]),
                     columns=int(row["columns"]),
                     masked_text=row["masked_text"] == "1",
+                    acquisition=Acquisition.from_row(row),
                 )
                 cases[case.case_id] = case
         return cases
@@ -144,6 +164,7 @@ def label_received(
             rows=case.rows,
             columns=case.columns,
             subgroups=dict(row.subgroups),
+            acquisition=case.acquisition,
         )
         for case, row in sorted(chosen, key=lambda pair: pair[0].case_id)
     ]

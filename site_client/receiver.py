@@ -227,7 +227,15 @@ class Receiver:
         self.store.save_case(case_id, image.image)
         rows, columns = image.image.shape
         self.index.add(
-            ReceivedCase(case_id, image.manufacturer, image.model, rows, columns, image.masked_text)
+            ReceivedCase(
+                case_id,
+                image.manufacturer,
+                image.model,
+                rows,
+                columns,
+                image.masked_text,
+                image.acquisition,
+            )
         )
         self.intake.stored_ids.add(case_id)
         self.report.stored += 1

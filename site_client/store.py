@@ -26,8 +26,10 @@ import csv
 import io
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,17 +43,6 @@ from site_client.encryption import (
 from site_client.policy import POLICY_FILE, SitePolicy, read_policy, write_policy
 
 SECRET_FILE = "secret.key"
-MANIFEST_COLUMNS = (
-    "case_id",
-    "label",
-    "split",
-    "manufacturer",
-    "model",
-    "rows",
-    "columns",
-    "has_mask",
-)
-
 
 MIN_SECRET_BYTES = 16
 
@@ -86,6 +77,46 @@ def read_secret_file(path: Path) -> bytes:
 
 
 @dataclass(frozen=True)
+class Acquisition:
+    """How a case was acquired, beyond its scanner: its modality and body part (DICOM code
+    strings) and the year of its study, the original year (the stored header's dates are
+    shifted by de-identification). Empty, or None for the year, where the header is silent."""
+
+    modality: str = ""
+    body_part: str = ""
+    study_year: int | None = None
+
+    #: Their columns in the manifest and the received index, in `to_columns` order.
+    COLUMNS: ClassVar[tuple[str, str, str]] = ("modality", "body_part", "study_year")
+
+    def to_columns(self) -> list[str]:
+        """The values of `COLUMNS` as CSV cells."""
+        year = "" if self.study_year is None else str(self.study_year)
+        return [self.modality, self.body_part, year]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, str | None]) -> Acquisition:
+        """From a CSV row holding `COLUMNS` (a row written before they existed: empty)."""
+        year = (row.get("study_year") or "").strip()
+        return cls(
+            row.get("modality") or "", row.get("body_part") or "", int(year) if year else None
+        )
+
+
+MANIFEST_COLUMNS = (
+    "case_id",
+    "label",
+    "split",
+    "manufacturer",
+    "model",
+    "rows",
+    "columns",
+    "has_mask",
+    *Acquisition.COLUMNS,
+)
+
+
+@dataclass(frozen=True)
 class CaseRecord:
     """One de-identified case in the manifest."""
 
@@ -98,6 +129,7 @@ class CaseRecord:
     columns: int
     has_mask: bool = False
     subgroups: dict[str, str] = field(default_factory=dict)
+    acquisition: Acquisition = field(default_factory=Acquisition)
 
     @property
     def scanner(self) -> str:
@@ -244,6 +276,7 @@ class SiteStore:
                 columns=int(row["columns"]),
                 has_mask=row["has_mask"] == "1",
                 subgroups={c: row[c] for c in subgroup_columns},
+                acquisition=Acquisition.from_row(row),
             )
             for row in reader
         ]
@@ -266,6 +299,7 @@ class SiteStore:
                     r.rows,
                     r.columns,
                     int(r.has_mask),
+                    *r.acquisition.to_columns(),
                     *(r.subgroups.get(c, "") for c in subgroup_columns),
                 ]
             )

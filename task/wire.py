@@ -47,8 +47,9 @@ TRAIN_SPLIT_MODELS_KEY = "train-split-models"
 SUPPRESSED = "suppressed"
 
 # --- what each reply may hold ------------------------------------------------------------
-#: ConfigRecord PROFILE of an MSG_PROFILE reply. Scanner lists are parallel:
-#: scanner-manufacturers[i], scanner-models[i] has scanner-n-train[i] / scanner-n-test[i] cases.
+#: ConfigRecord PROFILE of an MSG_PROFILE reply (`site_client.profile`): counts only. Lists
+#: are parallel: scanner-manufacturers[i], scanner-models[i] has scanner-n-train[i] /
+#: scanner-n-test[i] cases; modalities[i] has modality-n[i]; and so on.
 PROFILE_KEYS = frozenset(
     {
         "site-id",
@@ -61,6 +62,30 @@ PROFILE_KEYS = frozenset(
         "scanner-models",
         "scanner-n-train",
         "scanner-n-test",
+        "modalities",
+        "modality-n",
+        "body-parts",
+        "body-part-n",
+        # The range of the original study years (absent when no case has a study date).
+        "study-year-first",
+        "study-year-last",
+        "study-year-n",
+        # Training and test counts per subgroup stratum; strata with a count below the
+        # minimum cell size are named in subgroup-suppressed, their counts withheld.
+        "subgroup-strata",
+        "subgroup-n-train",
+        "subgroup-n-test",
+        "subgroup-suppressed",
+        # The site's intake sessions added up: received = stored + already stored +
+        # quarantined + failed; quarantine reason categories and their counts.
+        "intake-sessions",
+        "intake-received",
+        "intake-stored",
+        "intake-already-stored",
+        "intake-quarantined",
+        "intake-failed",
+        "intake-quarantine-reasons",
+        "intake-quarantine-n",
         # How the site's cases were de-identified (its latest intake session; absent for a
         # store made before intake reports): profile, options, table SHA-256, software.
         "deid-profile",

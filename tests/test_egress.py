@@ -169,6 +169,14 @@ def test_profile_with_unknown_key_is_blocked() -> None:
         check_reply(request, reply, min_cell_size=5)
 
 
+def test_profile_with_a_subgroup_count_below_the_minimum_cell_size_is_blocked() -> None:
+    request = _request(MSG_PROFILE)
+    leaky = ConfigRecord({"site-id": "a", "subgroup-strata": ["x"], "subgroup-n-test": [2]})
+    reply = Message(RecordDict({PROFILE: leaky}), reply_to=request)
+    with pytest.raises(EgressViolation, match="subgroup-n-test: a count of 2"):
+        check_reply(request, reply, min_cell_size=5)
+
+
 def test_guard_turns_a_violation_into_an_error_reply() -> None:
     request = _request(MSG_TRAIN, RecordDict({ARRAYS: _model_arrays()}))
     guard = EgressGuard(lambda context: 5)

@@ -38,7 +38,7 @@ from site_client.policy import ReceiverPolicy, SitePolicy, write_policy
 from site_client.quarantine import StoreQuarantine
 from site_client.received import ReceivedIndex
 from site_client.receiver import Receiver
-from site_client.store import SiteStore
+from site_client.store import Acquisition, SiteStore
 from task.labels import UID_KEY, LabelsFileError, read_labels
 
 SENDER = "MODALITY1"
@@ -342,6 +342,8 @@ def test_site_label_moves_received_cases_into_the_manifest(
         r.split in ("train", "test") and r.subgroups == {"sex": "F"} for r in manifest.values()
     )
     assert all((r.manufacturer, r.rows, r.columns) != ("", 0, 0) for r in manifest.values())
+    # the acquisition recorded on receipt (original study year) survives the labelling
+    assert {r.acquisition for r in manifest.values()} == {Acquisition("CT", "", 2024)}
     assert ReceivedIndex(store).cases() == {}
 
     again = medfed("site", "label", "--site-dir", store.root, "--labels", csv_path)
