@@ -218,11 +218,13 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _demo_report(run_dir: Path) -> None:
-    """The demo's report: HTML and PDF, or only the HTML (saying so) without Chromium."""
+    """The demo's report, with the demo's intended-use statement: HTML and PDF, or only the
+    HTML (saying so) without Chromium."""
+    from simulations.demo import DEMO_INTENDED_USE
     from validation.report import write_report
     from validation.report.browser import INSTALL_HINT, find_chromium
 
-    files = write_report(run_dir, pdf=find_chromium() is not None)
+    files = write_report(run_dir, DEMO_INTENDED_USE, pdf=find_chromium() is not None)
     print(f"report:        {files.html.resolve()}")
     if files.pdf is None:
         _say(f"report.pdf not written: no Chromium ({INSTALL_HINT}), then medfed report {run_dir}")

@@ -38,6 +38,9 @@ from validation.acceptance import (
 )
 
 DEMO_MARKER = "demo.json"
+#: The demo's intended-use statement for its report: a demonstration on simulated data,
+#: with the study design, reference standard, annotation and eligibility of the phantoms.
+DEMO_INTENDED_USE = Path(__file__).with_name("demo_intended_use.md")
 
 
 class DemoError(RuntimeError):

@@ -202,13 +202,26 @@ def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
     for key in ("performance", "cross_site", "baselines", "acceptance", "operating_point"):
         assert first[key] == second[key], key
     assert first["privacy"]["mode"] == "local"
+    assert first["privacy"]["settings"]["noise_multiplier"] is None  # derived from the target
     for site in first["sites"]:
+        # the site's intake counts add up, and every stored case is in the run
+        intake = site["intake"]
+        assert intake["received"] == sum(
+            intake[k] for k in ("stored", "already_stored", "quarantined", "failed")
+        )
+        assert intake["stored"] == site["n_train"] + site["n_test"]
+        assert site["modalities"] == {"CT": intake["stored"]}
+        assert site["body_parts"] == {"ABDOMEN": intake["stored"]}
+        assert site["study_years"]["n"] == intake["stored"]
+        assert site["deidentification"]["options"]
         privacy = site["privacy"]
         assert 2.5 < privacy["epsilon"] <= 3.0
         assert privacy["independent_check"]["agrees"], privacy["independent_check"]
         assert privacy["epsilon"] >= privacy["independent_check"]["pld_epsilon"]
         assert [h["stage"] for h in privacy["history"]] == ["local-only", "train", "train"]
     assert first["run"]["id"] != second["run"]["id"]
+    # the report carries the demo's intended-use statement
+    assert "The simulation's ground truth" in (out / "run" / "report.html").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["demo.json", "phantoms", "run", "sites"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.docx").write_text("precious")

@@ -13,7 +13,14 @@ from sklearn.metrics import roc_auc_score
 
 from task.privacy import PrivacyConfig
 from task.wire import histogram_key
-from validation.evidence import EvidenceError, RunRecords, build_evidence, load_run, write_evidence
+from validation.evidence import (
+    EvidenceError,
+    RunRecords,
+    build_evidence,
+    load_run,
+    validate_evidence,
+    write_evidence,
+)
 from validation.metrics import ScoreHistogram, roc_auc
 from validation.summary import format_summary
 
@@ -108,6 +115,29 @@ def _records(seed: int = 0, with_pooled: bool = True) -> tuple[RunRecords, dict[
                 "min_cell_size": 5,
                 "scanners": {
                     "A B": {"manufacturer": "A", "model": "B", "n_train": 100, "n_test": 60}
+                },
+                "deidentification": {
+                    "profile": "Basic Application Level Confidentiality Profile",
+                    "standard": "DICOM PS3.15 2025b",
+                    "options": ["Retain Device Identity Option"],
+                    "table_sha256": "cd" * 32,
+                    "software": "medfed 0.1.0",
+                },
+                "modalities": {"CT": 160},
+                "body_parts": {"ABDOMEN": 150, "UNKNOWN": 10},
+                "study_years": {"first": 2016, "last": 2021, "n": 158},
+                "subgroups": {
+                    "counts": {"sex": {"F": {"n_train": 52, "n_test": 31}}},
+                    "suppressed": ["age=90-99"],
+                },
+                "intake": {
+                    "sessions": 2,
+                    "received": 171,
+                    "stored": 160,
+                    "already_stored": 4,
+                    "quarantined": 7,
+                    "failed": 0,
+                    "quarantine_reasons": {"no label": 5, "undecodable pixel data": 2},
                 },
             }
             for site in SITES
@@ -262,6 +292,33 @@ def test_cross_site_matrix_rows_are_models_and_columns_sites() -> None:
     site_a = records.aggregates["site-a"]["models"]["local-site-b"]
     hist = ScoreHistogram(positives=site_a["test|site=all|1"], negatives=site_a["test|site=all|0"])
     assert cross["auc"][2][0] == pytest.approx(roc_auc(hist))
+    # each cell's interval in matrices of the same shape, as the baselines state it
+    assert (
+        cross["ci_low"][2][0]
+        == evidence["baselines"]["local_only"]["site-b"]["by_site"]["site-a"]["ci_low"]
+    )
+    assert cross["ci_high"][2][0] > cross["auc"][2][0] > cross["ci_low"][2][0]
+    assert cross["method"] == evidence["performance"]["pooled"]["auc"]["method"]
+
+
+def test_an_auc_that_is_not_defined_is_a_metric_with_its_reason() -> None:
+    records, _ = _records()
+    for key in ("test|site=all|1", "test|manufacturer=A|1", "test|scanner=A B|1"):
+        counts = records.aggregates["site-a"]["models"]["local-site-b"].get(key)
+        if counts is not None:
+            counts[:] = [0] * len(counts)  # site-a's test data: no positive case
+    evidence = build_evidence(records)
+    cell = evidence["baselines"]["local_only"]["site-b"]["by_site"]["site-a"]
+    assert cell == {
+        "value": None,
+        "ci_low": None,
+        "ci_high": None,
+        "method": "not defined: no positive cases",
+    }
+    row = evidence["cross_site"]["models"].index("local-site-b")
+    assert evidence["cross_site"]["auc"][row][0] is None
+    assert evidence["cross_site"]["ci_low"][row][0] is None
+    validate_evidence(evidence)
 
 
 #: The default plan's criteria on the global model against its baselines (in this order).
@@ -321,10 +378,15 @@ def test_without_pooled_baseline_that_criterion_is_not_evaluated() -> None:
 def test_records_of_suppression_failures_and_rounds_reach_the_evidence() -> None:
     records, _ = _records()
     records.aggregates["site-b"] = {"site": "site-b", "error": "site offline"}
+    records.rounds.append(
+        {"round": 0, "phase": "local-only", "site": "site-b", "error": "site offline"}
+    )
     evidence = build_evidence(records)
     assert {"site": "site-a", "stratum": "test|scanner=X Y"} in evidence["suppressed"]
     assert evidence["site_failures"] == [
         {"site": "site-b", "stage": "evaluate", "round": 1, "reason": "site offline"},
+        # round 0: the local-only baseline, before the federated rounds
+        {"site": "site-b", "stage": "local-only", "round": 0, "reason": "site offline"},
         {
             "site": "site-b",
             "stage": "cross-site evaluation",

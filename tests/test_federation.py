@@ -302,7 +302,7 @@ def test_a_site_over_its_ceiling_is_skipped_and_a_spent_budget_refuses_the_next_
     refusals = evidence["privacy_refusals"]
     # Refused its local-only baseline and round 1, then was asked no more.
     assert [(r["site"], r["stage"], r["round"]) for r in refusals] == [
-        (capped.site_id, "local-only", None),
+        (capped.site_id, "local-only", 0),  # round 0: before the federated rounds
         (capped.site_id, "train", 1),
     ]
     assert all("ceiling of 0.05" in r["reason"] for r in refusals)

@@ -25,12 +25,14 @@ from PIL import Image
 from test_cli import medfed
 from test_evidence import _records
 
+from simulations.demo import DEMO_INTENDED_USE
 from validation import evidence as evidence_module
 from validation.evidence import build_evidence
 from validation.report import ReportError, ReportFiles, write_report
 from validation.report.browser import find_chromium, render_page
 from validation.report.build import BUILDERS
-from validation.report.source import EVIDENCE_FILE
+from validation.report.principles import CLAIM, GMLP, Facts
+from validation.report.source import EVIDENCE_FILE, read_source
 
 INSTALL = "apt-get install chromium poppler-utils (or set MEDFED_CHROMIUM)"
 #: Resolution at which PDF pages are rasterised; grey level below which a pixel is drawn
@@ -129,9 +131,13 @@ def test_the_page_shows_every_section_with_the_evidence_numbers(
     # the simulated-data warning, at the top and in every caption about data
     assert "SIMULATED DATA: scanner differences simulated." in text
     assert text.count("(simulated: scanner differences simulated)") >= 10
+    # data provenance: intake flow, de-identification, acquisition, subgroup counts
+    assert "2016 to 2021" in text and "ABDOMEN (300 cases), UNKNOWN (20 cases)" in text
+    assert "no label = 5, undecodable pixel data = 2" in text
+    assert "52 / 31" in text and "site-a: age=90-99" in text
+    assert "Retain Device Identity Option" in text and "cd" * 32 in text
     # the gaps: what the evidence does not carry
     assert "Intended use: to be supplied by the manufacturer" in text
-    assert "sites[].deidentification" in text and "sites[].study_dates" in text
     # the GMLP principles and the CLAIM items
     assert "Focus is placed on the performance of the human-AI team" in text
     assert "Failure analysis of incorrectly classified cases" in text
@@ -263,6 +269,26 @@ def test_an_intended_use_statement_replaces_the_gap(
     assert "to be supplied by the manufacturer" not in text
     assert "Intended use statement (medfed report" not in text
     assert files.pdf is None and not (tmp_path / "run" / "report.pdf").exists()
+    # a statement without the sections CLAIM asks for leaves those items open
+    assert "no 'Reference standard' section in the intended-use statement" in text
+    assert "no 'Study design' section" in text
+
+
+def test_the_statements_sections_answer_the_claim_items_they_cover(
+    tmp_path: Path, evidence: dict[str, Any]
+) -> None:
+    """The demo's statement has Study design, Reference standard, Annotation and
+    Eligibility sections: CLAIM 5, 14 and 16 (and GMLP 5) are then answered by it."""
+    files = write_report(_run_dir(tmp_path / "run", evidence), DEMO_INTENDED_USE, pdf=False)
+    text = _Page(files.html.read_text()).visible
+    assert "The simulation's ground truth" in text
+    assert "section in the intended-use statement" not in text
+    facts = Facts.of(read_source(tmp_path / "run", DEMO_INTENDED_USE))
+    assert (facts.reference_standard, facts.study_design, facts.annotation) == (True,) * 3
+    assert facts.eligibility and facts.study_years and facts.intake
+    for item in (*GMLP, *CLAIM):
+        if item.ref in ("5", "14", "16") and "intended-use statement" in item.shows:
+            assert item.assess(facts)[0] == "shown", item.ref
 
 
 def test_partial_evidence_says_what_is_not_available(
@@ -274,6 +300,9 @@ def test_partial_evidence_says_what_is_not_available(
     partial["performance"] = {"pooled": partial["performance"]["pooled"]}
     partial["privacy"] = ["not", "an", "object"]
     partial["sites"][0]["scanners"] = "garbled"
+    for site in partial["sites"]:
+        for key in ("intake", "deidentification", "study_years", "subgroups"):
+            site[key] = None
     partial["run"]["data"]["simulated"] = False
     files = write_report(_run_dir(tmp_path / "run", partial), pdf=False)
     text = _Page(files.html.read_text()).visible
@@ -288,6 +317,8 @@ def test_partial_evidence_says_what_is_not_available(
         assert f"{what} (evidence.json" in text or f"{what}: not available" in text, what
     assert "not available in this evidence" in text
     assert "Subgroups: none in the evidence" in text
+    for key in ("intake", "deidentification", "study_years", "subgroups"):
+        assert f"not in the evidence (evidence.json sites[].{key})" in text, key
     assert "SIMULATED" not in text and "scanner differences simulated" not in text
 
 

@@ -37,16 +37,17 @@ from validation.heterogeneity import (
     heterogeneity_across_strata,
 )
 from validation.metrics import (
+    AUC_METHOD,
     ScoreHistogram,
+    auc_estimate,
     binary_performance,
-    roc_auc_ci,
     threshold_edge,
     threshold_probability,
     youden_threshold,
 )
 from validation.privacy import run_privacy, site_privacy
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 EVIDENCE_FILE = "evidence.json"
 
 
@@ -363,17 +364,16 @@ def _calibration(histograms: Histograms) -> dict[str, Any]:
     }
 
 
-def _auc(histogram: ScoreHistogram) -> dict[str, Any] | None:
-    if not (histogram.n_pos and histogram.n_neg):
-        return None
-    return roc_auc_ci(histogram).to_dict()
+def _auc(histogram: ScoreHistogram) -> dict[str, Any]:
+    return auc_estimate(histogram).to_dict()
 
 
 def _cross_site(
     histograms: dict[str, Histograms], models: list[str], sites: list[str]
 ) -> dict[str, Any]:
-    """AUC of every model (rows) on every site's test split (columns); None where a site
-    lacks a class or did not report."""
+    """AUC of every model (rows) on every site's test split (columns), with the bounds of
+    its interval in matrices of the same shape; None where a site lacks a class or did not
+    report."""
     cells = [
         [_auc(_pooled(histograms.get(model, {}), "test", STRATUM_SITE, {site})) for site in sites]
         for model in models
@@ -381,8 +381,10 @@ def _cross_site(
     return {
         "models": models,
         "sites": sites,
-        "auc": [[c["value"] if c else None for c in row] for row in cells],
-        "auc_ci": [[[c["ci_low"], c["ci_high"]] if c else None for c in row] for row in cells],
+        "auc": [[c["value"] for c in row] for row in cells],
+        "ci_low": [[c["ci_low"] for c in row] for row in cells],
+        "ci_high": [[c["ci_high"] for c in row] for row in cells],
+        "method": AUC_METHOD,
     }
 
 
@@ -424,19 +426,20 @@ def _unseen_site_comparison(histograms: dict[str, Histograms], sites: list[str])
         global_auc = _auc(_pooled(histograms.get(GLOBAL_MODEL, {}), "test", STRATUM_SITE, unseen))
         comparison[site] = {
             "unseen_sites": unseen,
-            "local_only_auc": local_auc["value"] if local_auc else None,
-            "global_auc": global_auc["value"] if global_auc else None,
+            "local_only_auc": local_auc["value"],
+            "global_auc": global_auc["value"],
         }
     return comparison
 
 
 def _site_failures(records: RunRecords) -> list[dict[str, Any]]:
-    """Every reply a site could not give: stage, round (None outside rounds), reason."""
+    """Every reply a site could not give: stage, round (0: the local-only baseline before
+    the federated rounds; None: outside rounds, the cross-site evaluation), reason."""
     failures = [
         {
             "site": entry["site"],
             "stage": entry["phase"],
-            "round": entry["round"] or None,
+            "round": entry["round"],
             "reason": entry["error"],
         }
         for entry in records.rounds
@@ -467,6 +470,15 @@ def _site_entry(site: dict[str, Any]) -> dict[str, Any]:
         },
         # How the site de-identified its cases (profile, options, table SHA-256, software).
         "deidentification": site.get("deidentification"),
+        "modalities": site.get("modalities", {}),
+        "body_parts": site.get("body_parts", {}),
+        # The original years of the site's studies (stored headers have shifted dates).
+        "study_years": site.get("study_years"),
+        # Cases per subgroup column and value in each split, and the strata suppressed.
+        "subgroups": site.get("subgroups", {"counts": {}, "suppressed": []}),
+        # The site's intake sessions added up: received = stored + already stored +
+        # quarantined + failed.
+        "intake": site.get("intake"),
     }
 
 

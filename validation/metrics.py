@@ -374,6 +374,15 @@ def wide_interval_flags(performance: dict[str, Any], max_width: float = WIDE_INT
     return flags
 
 
+def auc_estimate(hist: ScoreHistogram, confidence: float = 0.95) -> Estimate:
+    """`roc_auc_ci` of ``hist``; its value None, with the reason, when a class is empty
+    (the AUC is not defined)."""
+    missing = [name for name, k in (("positive", hist.n_pos), ("negative", hist.n_neg)) if not k]
+    if missing:
+        return Estimate(None, None, None, f"not defined: no {' or '.join(missing)} cases")
+    return roc_auc_ci(hist, confidence)
+
+
 def binary_performance(
     hist: ScoreHistogram,
     edge_index: int,
@@ -389,11 +398,7 @@ def binary_performance(
     uncertain to mean anything). The AUC is None, with the reason, when a class is empty.
     """
     counts = confusion_at(hist, edge_index)
-    missing = [name for name, k in (("positive", hist.n_pos), ("negative", hist.n_neg)) if not k]
-    if missing:
-        auc = Estimate(None, None, None, f"not defined: no {' or '.join(missing)} cases")
-    else:
-        auc = roc_auc_ci(hist, confidence)
+    auc = auc_estimate(hist, confidence)
     proportions = {
         "sensitivity": (counts.tp, counts.tp + counts.fn),
         "specificity": (counts.tn, counts.tn + counts.fp),

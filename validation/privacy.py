@@ -92,6 +92,8 @@ def run_privacy(run_privacy_settings: dict[str, Any], rounds: list[dict[str, Any
     settings = dict(run_privacy_settings)
     for key in _NOT_APPLICABLE[settings["mode"]]:
         settings.pop(key, None)
+    if settings.get("noise_multiplier") == 0:
+        settings["noise_multiplier"] = None  # derived from the target epsilon
     section: dict[str, Any] = {
         "mode": settings.pop("mode"),
         "guarantee": settings.pop("guarantee"),
@@ -119,7 +121,7 @@ def site_privacy(site: str, mode: str, accountant: str, rounds: list[dict[str, A
     independent check of its epsilon."""
     entries = [e for e in rounds if e.get("site") == site and _is_training(e)]
     refusals = [
-        {"round": e["round"] or None, "stage": e["phase"], "reason": e["refused"]}
+        {"round": e["round"], "stage": e["phase"], "reason": e["refused"]}
         for e in entries
         if "refused" in e
     ]

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from markdown_it import MarkdownIt
 
 from validation.report.blocks import Cell, Section, Table, row
 from validation.report.source import ReportSource, dig
@@ -34,43 +37,83 @@ SECTION_TITLES = {
 }
 
 
+#: What the intended-use statement may hold under headings of its own, recognised by these
+#: words (lower case) in a heading: the `Facts` field each sets, and the items it answers.
+STATEMENT_TOPICS = {
+    "reference_standard": ("reference standard", "ground truth"),
+    "study_design": ("study design",),
+    "annotation": ("annotat",),
+    "eligibility": ("eligib", "inclusion"),
+}
+_HEADINGS = MarkdownIt("commonmark")
+
+
+def statement_headings(text: str) -> list[str]:
+    """The headings of a Markdown statement, in lower case."""
+    tokens = _HEADINGS.parse(text)
+    return [
+        tokens[i + 1].content.lower()
+        for i, token in enumerate(tokens)
+        if token.type == "heading_open" and i + 1 < len(tokens)
+    ]
+
+
 @dataclass(frozen=True)
 class Facts:
     """What the evidence (and the command line) provide, as far as the mapping cares."""
 
     intended_use: bool
+    reference_standard: bool
+    study_design: bool
+    annotation: bool
+    eligibility: bool
     real_data: bool
     external: bool
     subgroups: bool
     deidentification: bool
-    study_dates: bool
+    study_years: bool
+    intake: bool
+    subgroup_counts: bool
 
     @classmethod
     def of(cls, src: ReportSource) -> Facts:
         """The facts of a report's sources."""
         sites = [s for s in src.data["sites"] if isinstance(s, dict)]
+        headings = statement_headings(src.intended_use.text) if src.intended_use else []
+        stated = {
+            topic: any(word in h for h in headings for word in words)
+            for topic, words in STATEMENT_TOPICS.items()
+        }
         return cls(
             intended_use=src.intended_use is not None,
+            **stated,
             real_data=not src.simulated,
             external=bool(dig(src.data, "run", "holdout_sites")),
             subgroups=bool(dig(src.data, "performance", "by_subgroup")),
-            deidentification=bool(sites)
-            and all(isinstance(s.get("deidentification"), Mapping) for s in sites),
-            study_dates=bool(sites) and all("study_dates" in s for s in sites),
+            deidentification=_every_site(sites, "deidentification"),
+            study_years=_every_site(sites, "study_years"),
+            intake=_every_site(sites, "intake"),
+            subgroup_counts=bool(sites) and all(dig(s, "subgroups", "counts") for s in sites),
         )
+
+
+def _every_site(sites: list[dict[str, Any]], key: str) -> bool:
+    """Whether there are sites and each has a mapping under ``key``."""
+    return bool(sites) and all(isinstance(s.get(key), Mapping) for s in sites)
 
 
 @dataclass(frozen=True)
 class Item:
     """One principle or checklist item: ``where`` the report answers it, what it
-    ``shows``; if ``needs`` (a `Facts` field) is false, the status is ``unmet`` and
-    ``missing`` says why. ``partial``: the report covers the item only in part anyway."""
+    ``shows``; if a `Facts` field ``needs`` names (one, or a tuple of them) is false, the
+    status is ``unmet`` and ``missing`` says why. ``partial``: the report covers the item
+    only in part anyway."""
 
     ref: str
     title: str
     where: tuple[str, ...]
     shows: str
-    needs: str = ""
+    needs: str | tuple[str, ...] = ()
     unmet: str = PARTLY
     missing: str = ""
     partial: bool = False
@@ -79,13 +122,22 @@ class Item:
         """``(status, comment)`` for a report with ``facts``."""
         if not self.where:
             return NOT_SHOWN, self.shows
-        if self.needs and not getattr(facts, self.needs):
+        needs = (self.needs,) if isinstance(self.needs, str) else self.needs
+        if not all(getattr(facts, name) for name in needs):
             return self.unmet, f"{self.shows} Missing: {self.missing}"
         return (PARTLY if self.partial else SHOWN), self.shows
 
 
 _INTENDED = "no intended-use statement (medfed report --intended-use FILE)."
 _NOT_RECORDED = "not recorded in the evidence; to be documented by the manufacturer."
+
+
+def _stated(heading: str) -> str:
+    return (
+        f"no '{heading}' section in the intended-use statement (medfed report --intended-use "
+        "FILE): to be documented by the manufacturer."
+    )
+
 
 GMLP = (
     Item(
@@ -125,8 +177,11 @@ GMLP = (
     Item(
         "5",
         "Selected reference datasets are based upon best available methods",
-        (),
-        "The reference standard behind the sites' labels is " + _NOT_RECORDED,
+        ("sec-intended-use",),
+        "The reference standard behind the sites' labels, as the intended-use statement gives it.",
+        needs="reference_standard",
+        unmet=NOT_SHOWN,
+        missing=_stated("Reference standard"),
     ),
     Item(
         "6",
@@ -193,7 +248,15 @@ CLAIM = (
         "Pre-specified acceptance criteria.",
         partial=True,
     ),
-    Item("5", "Prospective or retrospective study", (), "Study design is " + _NOT_RECORDED),
+    Item(
+        "5",
+        "Prospective or retrospective study",
+        ("sec-intended-use",),
+        "The study design, as the intended-use statement gives it.",
+        needs="study_design",
+        unmet=NOT_SHOWN,
+        missing=_stated("Study design"),
+    ),
     Item(
         "6",
         "Study goal (model creation, feasibility, non-inferiority, ...)",
@@ -205,10 +268,12 @@ CLAIM = (
         "8",
         "Eligibility criteria: how, where and when cases were identified",
         ("sec-data",),
-        "Sites and scanners.",
-        needs="study_dates",
+        "Sites, scanners, modalities, body parts and the years of the studies per site; the "
+        "eligibility criteria as the intended-use statement gives them.",
+        needs=("study_years", "eligibility"),
         unmet=PARTLY,
-        missing="date ranges (evidence.json sites[].study_dates) and inclusion criteria.",
+        missing="study years (evidence.json sites[].study_years) or an 'Eligibility' section "
+        "in the intended-use statement (medfed report --intended-use FILE).",
     ),
     Item(
         "9",
@@ -242,21 +307,31 @@ CLAIM = (
         "13",
         "How missing data were handled",
         ("sec-data",),
-        "Strata withheld, site failures; quarantine counts are not in the evidence.",
-        partial=True,
+        "Instances that could not be used are quarantined at their site, counted with their "
+        "reasons; strata withheld and site failures are listed. Missing label or subgroup "
+        "values exclude a case from that stratum only.",
+        needs="intake",
+        unmet=PARTLY,
+        missing="quarantine counts (evidence.json sites[].intake).",
     ),
     Item(
         "14",
         "Definition of the ground-truth reference standard",
-        (),
-        "The reference standard is " + _NOT_RECORDED,
+        ("sec-intended-use",),
+        "The reference standard, as the intended-use statement gives it.",
+        needs="reference_standard",
+        unmet=NOT_SHOWN,
+        missing=_stated("Reference standard"),
     ),
     Item("15", "Rationale for the reference standard", (), "Not recorded in the evidence."),
     Item(
         "16",
         "Source of ground-truth annotations; annotators' qualifications",
-        (),
-        "Not recorded in the evidence.",
+        ("sec-intended-use",),
+        "The annotation process, as the intended-use statement gives it.",
+        needs="annotation",
+        unmet=NOT_SHOWN,
+        missing=_stated("Annotation"),
     ),
     Item("17", "Annotation tools", (), "Not recorded in the evidence."),
     Item("18", "Inter- and intra-rater variability", (), "Not recorded in the evidence."),
@@ -352,17 +427,21 @@ CLAIM = (
         "33",
         "Flow of participants or cases",
         ("sec-data",),
-        "Cases per site and split; intake and quarantine counts are not in the evidence.",
-        partial=True,
+        "Per site: instances received, quarantined (with reasons) and stored, and the "
+        "cases used per split.",
+        needs="intake",
+        unmet=PARTLY,
+        missing="intake and quarantine counts (evidence.json sites[].intake).",
     ),
     Item(
         "34",
         "Demographic and clinical characteristics of cases in each partition",
-        ("sec-subgroups",),
-        "Test-split subgroups.",
-        needs="subgroups",
-        unmet=NOT_SHOWN,
-        missing="no subgroup strata in the evidence.",
+        ("sec-data", "sec-subgroups"),
+        "Subgroup counts (sex, age band) per site in the training and test splits; "
+        "test-split performance per subgroup.",
+        needs="subgroup_counts",
+        unmet=PARTLY,
+        missing="no subgroup counts per split in the evidence (evidence.json sites[].subgroups).",
         partial=True,
     ),
     Item(

@@ -186,11 +186,12 @@ def cross_site(src: ReportSource) -> Section:
                 matrix,
             )
         )
-        intervals = cross.get("auc_ci") if isinstance(cross.get("auc_ci"), list) else []
+        method = cross.get("method") if isinstance(cross.get("method"), str) else "not stated"
         blocks.append(
             Table(
-                "Cross-site matrix with 95% CIs (DeLong): rows models, columns sites' test data.",
-                "evidence.json cross_site.auc, cross_site.auc_ci",
+                f"Cross-site matrix with 95% CIs ({method}): rows models, columns sites' test "
+                "data.",
+                "evidence.json cross_site.auc, cross_site.ci_low, cross_site.ci_high",
                 ("Model", *map(str, sites)),
                 tuple(
                     row(
@@ -198,7 +199,12 @@ def cross_site(src: ReportSource) -> Section:
                         *(
                             Cell(
                                 number(value),
-                                _pair_bounds(dig(intervals, i, j)),
+                                bounds(
+                                    {
+                                        "ci_low": dig(cross, "ci_low", i, j),
+                                        "ci_high": dig(cross, "ci_high", i, j),
+                                    }
+                                ),
                                 "num" if is_number(value) else "na",
                             )
                             for j, value in enumerate(line if isinstance(line, list) else [])
@@ -212,12 +218,6 @@ def cross_site(src: ReportSource) -> Section:
         blocks.append(not_available("Cross-site matrix (evidence.json cross_site)"))
     blocks += _baselines(src)
     return Section("sec-cross-site", "Cross-site validation and baselines", tuple(blocks))
-
-
-def _pair_bounds(pair: Any) -> str:
-    if isinstance(pair, list) and len(pair) == 2:
-        return bounds({"ci_low": pair[0], "ci_high": pair[1]})
-    return ""
 
 
 def _baselines(src: ReportSource) -> list[Block]:

@@ -184,6 +184,26 @@ def summary(src: ReportSource) -> Section:
     return Section("sec-summary", "Summary", (overview,))
 
 
+NOT_RECORDED = "not recorded in the evidence"
+
+
+def _modality_and_body_part(src: ReportSource) -> str:
+    """Every site's modalities and body parts added up, e.g. "CT (240 cases); ABDOMEN
+    (240 cases)"; `NOT_RECORDED` when no site says."""
+    totals: list[dict[str, int]] = [{}, {}]
+    for site in site_entries(src):
+        for total, key in zip(totals, ("modalities", "body_parts"), strict=True):
+            for name, n in as_mapping(site.get(key)).items():
+                if is_number(n):
+                    total[str(name)] = total.get(str(name), 0) + int(n)
+    if not any(totals):
+        return NOT_RECORDED
+    return "; ".join(
+        ", ".join(f"{name} ({n} cases)" for name, n in sorted(total.items())) or NA
+        for total in totals
+    )
+
+
 def intended_use(src: ReportSource) -> Section:
     """Intended use and task."""
     blocks: list[Block] = []
@@ -224,11 +244,12 @@ def intended_use(src: ReportSource) -> Section:
                     f"{number(threshold)} (the operating threshold; see Performance)",
                 ),
                 ("Data", description(src)),
-                ("Modality and body part", "not recorded in the evidence"),
+                ("Modality and body part", _modality_and_body_part(src)),
             )
         )
     )
-    gaps.append("Imaging modality and body part per site (not recorded in the evidence)")
+    if _modality_and_body_part(src) == NOT_RECORDED:
+        gaps.append("Imaging modality and body part (evidence.json sites[].modalities)")
     return Section("sec-intended-use", "Intended use and task", tuple(blocks), tuple(gaps))
 
 
@@ -299,10 +320,12 @@ def provenance(src: ReportSource) -> Section:
         blocks.append(not_available("Scanner groups per site"))
     section_gaps: list[str] = []
     for key, what, table in (
+        ("intake", "Intake and quarantine counts per site", _intake_table),
         ("deidentification", "De-identification profile and options per site", _deid_table),
-        ("study_dates", "Study date ranges per site", _dates_table),
+        ("study_years", "Modalities, body parts and study years per site", _acquisition_table),
+        ("subgroups", "Cases per subgroup and split per site", _subgroup_counts_table),
     ):
-        present = [s for s in sites if isinstance(s.get(key), Mapping)]
+        present = [s for s in sites if as_mapping(s.get(key))]
         if present:
             blocks.append(table(present))
         else:
@@ -317,6 +340,97 @@ def provenance(src: ReportSource) -> Section:
             section_gaps.append(f"{what} (evidence.json sites[].{key})")
     blocks += _withheld_and_failures(data)
     return Section("sec-data", "Data provenance", tuple(blocks), tuple(section_gaps))
+
+
+def _intake_table(sites: list[Mapping[str, Any]]) -> Table:
+    keys = ("sessions", "received", "stored", "already_stored", "quarantined", "failed")
+    return Table(
+        "Flow of cases at each site: instances received by all intake sessions (ingest, "
+        "DICOM receiver) = stored + already stored + quarantined + failed; the quarantine "
+        "reasons; and the labelled cases the run used (train + test).",
+        "evidence.json sites[].intake, n_train, n_test",
+        (
+            "Site",
+            "Sessions",
+            "Received",
+            "Stored",
+            "Already stored",
+            "Quarantined",
+            "Failed",
+            "Quarantine reasons",
+            "Used (train + test)",
+        ),
+        tuple(
+            row(
+                str(s["id"]),
+                *(Cell(general(s["intake"].get(k)), css="num") for k in keys),
+                _pairs(s["intake"].get("quarantine_reasons"))
+                if s["intake"].get("quarantined")
+                else "none",
+                Cell(general(_total(s.get("n_train"), s.get("n_test"))), css="num"),
+            )
+            for s in sites
+        ),
+    )
+
+
+def _total(*counts: Any) -> Any:
+    return sum(counts) if all(is_number(c) for c in counts) else None
+
+
+def _acquisition_table(sites: list[Mapping[str, Any]]) -> Table:
+    return Table(
+        "Acquisition at each site: cases per DICOM Modality (0008,0060) and Body Part "
+        "Examined (0018,0015), and the first and last year of the studies (the original "
+        "years: de-identification shifts the stored headers' dates; years only, as "
+        "HIPAA's Safe Harbor allows).",
+        "evidence.json sites[].modalities, body_parts, study_years",
+        ("Site", "Modality", "Body part", "Study years", "Cases with a study date"),
+        tuple(
+            row(
+                str(s["id"]),
+                _pairs(s.get("modalities")),
+                _pairs(s.get("body_parts")),
+                f"{general(s['study_years'].get('first'))} to "
+                f"{general(s['study_years'].get('last'))}",
+                Cell(general(s["study_years"].get("n")), css="num"),
+            )
+            for s in sites
+        ),
+    )
+
+
+def _subgroup_counts_table(sites: list[Mapping[str, Any]]) -> Table:
+    subgroups = {str(s["id"]): as_mapping(s.get("subgroups")) for s in sites}
+    counts = {site: as_mapping(g.get("counts")) for site, g in subgroups.items()}
+    strata = sorted(
+        {(column, value) for c in counts.values() for column, v in c.items() for value in v}
+    )
+    suppressed = [
+        f"{site}: {name}" for site, g in subgroups.items() for name in g.get("suppressed") or []
+    ]
+
+    def cell(site: str, column: str, value: str) -> Cell:
+        entry = as_mapping(as_mapping(counts[site].get(column)).get(value))
+        if not entry:
+            return Cell(NA, css="na")
+        return Cell(f"{general(entry.get('n_train'))} / {general(entry.get('n_test'))}", css="num")
+
+    withheld = (
+        f"; withheld below the site's minimum cell size: {', '.join(suppressed)}."
+        if suppressed
+        else "."
+    )
+    return Table(
+        "Cases per subgroup (the labels.csv columns the sites' policies let out; numeric ones "
+        "in bands) in the training and test splits (train / test) at each site" + withheld,
+        "evidence.json sites[].subgroups",
+        ("Subgroup", *counts),
+        tuple(
+            row(f"{column} = {value}", *(cell(site, column, value) for site in counts))
+            for column, value in strata
+        ),
+    )
 
 
 def _deid_table(sites: list[Mapping[str, Any]]) -> Table:
@@ -335,21 +449,6 @@ def _deid_table(sites: list[Mapping[str, Any]]) -> Table:
             for s in sites
         ),
         about_data=False,
-    )
-
-
-def _dates_table(sites: list[Mapping[str, Any]]) -> Table:
-    return Table(
-        "Study dates of each site's cases (first and last).",
-        "evidence.json sites[].study_dates",
-        ("Site", "First", "Last", "Dates shifted by de-identification"),
-        tuple(
-            row(
-                str(s["id"]),
-                *(general(s["study_dates"].get(k)) for k in ("first", "last", "shifted")),
-            )
-            for s in sites
-        ),
     )
 
 
