@@ -127,8 +127,11 @@ def _records(seed: int = 0, with_pooled: bool = True) -> tuple[RunRecords, dict[
                 "body_parts": {"ABDOMEN": 150, "UNKNOWN": 10},
                 "study_years": {"first": 2016, "last": 2021, "n": 158},
                 "subgroups": {
-                    "counts": {"sex": {"F": {"n_train": 52, "n_test": 31}}},
-                    "suppressed": ["age=90-99"],
+                    "counts": {
+                        "sex": {"F": {"n_train": 52, "n_test": 31}}
+                        | ({"M": {"n_train": 48, "n_test": 29}} if site == "site-b" else {})
+                    },
+                    "suppressed": ["age=90-99", *(["sex=M"] if site == "site-a" else [])],
                 },
                 "intake": {
                     "sessions": 2,

@@ -136,6 +136,8 @@ def test_the_page_shows_every_section_with_the_evidence_numbers(
     assert "no label = 5, undecodable pixel data = 2" in text
     assert "52 / 31" in text and "site-a: age=90-99" in text
     assert "Retain Device Identity Option" in text and "cd" * 32 in text
+    assert text.count("cd" * 32) == 1  # the sites share one de-identification method
+    assert re.search(r"sex = M\s+withheld\s+48 / 29", text)  # site-a withheld it
     # the gaps: what the evidence does not carry
     assert "Intended use: to be supplied by the manufacturer" in text
     # the GMLP principles and the CLAIM items

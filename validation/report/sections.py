@@ -7,6 +7,7 @@ gaps); one whose part is malformed is replaced by a note naming the problem
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -413,7 +414,8 @@ def _subgroup_counts_table(sites: list[Mapping[str, Any]]) -> Table:
     def cell(site: str, column: str, value: str) -> Cell:
         entry = as_mapping(as_mapping(counts[site].get(column)).get(value))
         if not entry:
-            return Cell(NA, css="na")
+            withheld = f"{column}={value}" in (subgroups[site].get("suppressed") or [])
+            return Cell("withheld" if withheld else NA, css="na")
         return Cell(f"{general(entry.get('n_train'))} / {general(entry.get('n_test'))}", css="num")
 
     withheld = (
@@ -434,19 +436,29 @@ def _subgroup_counts_table(sites: list[Mapping[str, Any]]) -> Table:
 
 
 def _deid_table(sites: list[Mapping[str, Any]]) -> Table:
+    """One row per distinct de-identification method, naming the sites that used it."""
+    methods: dict[str, list[str]] = {}
+    described: dict[str, Mapping[str, Any]] = {}
+    for site in sites:
+        key = json.dumps(site["deidentification"], sort_keys=True, default=str)
+        methods.setdefault(key, []).append(str(site["id"]))
+        described[key] = site["deidentification"]
     return Table(
-        "De-identification at each site: the profile, its options and the profile table.",
+        "De-identification at the sites: the profile, its options, the SHA-256 of the profile "
+        "table applied and the software that applied it (sites that used the same method "
+        "share a row).",
         "evidence.json sites[].deidentification",
-        ("Site", "Profile", "Standard", "Options", "Table SHA-256", "Software"),
+        ("Sites", "Profile", "Options", "Table SHA-256", "Software"),
         tuple(
             row(
-                str(s["id"]),
-                *(
-                    general(s["deidentification"].get(k))
-                    for k in ("profile", "standard", "options", "table_sha256", "software")
-                ),
+                ", ".join(ids),
+                f"{general(described[key].get('profile'))} "
+                f"({general(described[key].get('standard'))})",
+                "; ".join(map(str, described[key].get("options") or [])) or "none",
+                Cell(general(described[key].get("table_sha256")), css="hash"),
+                general(described[key].get("software")),
             )
-            for s in sites
+            for key, ids in methods.items()
         ),
         about_data=False,
     )
@@ -605,7 +617,7 @@ def _privacy(src: ReportSource) -> list[Block]:
         ("Mechanism", general(privacy.get("mode"))),
         ("Guarantee", general(privacy.get("guarantee"))),
         ("Accountant", general(privacy.get("accountant"))),
-        ("Settings", _pairs(privacy.get("settings"))),
+        ("Settings", _privacy_settings(privacy.get("settings"))),
     ]
     if privacy.get("mode") == "central":
         items.append(
@@ -664,6 +676,15 @@ def _privacy(src: ReportSource) -> list[Block]:
             )
         )
     return blocks
+
+
+def _privacy_settings(settings: Any) -> str:
+    """The run's privacy settings; a noise multiplier the sites derive from the target
+    epsilon says so."""
+    settings = dict(as_mapping(settings))
+    if "noise_multiplier" in settings and settings["noise_multiplier"] is None:
+        settings["noise_multiplier"] = "derived at each site from target_epsilon"
+    return _pairs(settings)
 
 
 def _privacy_row(site: str, record: Mapping[str, Any]) -> Row:
