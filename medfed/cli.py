@@ -217,6 +217,83 @@ def _report(args: argparse.Namespace) -> None:
         )
 
 
+def _add_consortium_command(commands: argparse._SubParsersAction) -> None:
+    consortium = commands.add_parser(
+        "consortium",
+        help="set up a consortium across machines",
+        description="A consortium across machines: its CA, the coordinator's TLS certificate "
+        "and model-signing key, and one kit per site.",
+    )
+    consortium_commands = consortium.add_subparsers(
+        dest="consortium_command", required=True, metavar="COMMAND"
+    )
+    init = consortium_commands.add_parser(
+        "init",
+        help="make the consortium's keys, certificates and site kits",
+        description="Writes DIR: a consortium CA (its key to be moved offline), the "
+        "coordinator's TLS certificate for --coordinator-host (also valid for localhost and "
+        "127.0.0.1), the coordinator's Ed25519 model-signing key, an authentication key pair "
+        "per site for its SuperNode, and DIR/kits/<site>/ holding only what that site needs "
+        "(CA certificate, the model-signing public key, its own SuperNode key, kit.toml, "
+        "README.txt). Private keys are mode 0600 and never printed.",
+    )
+    init.add_argument("--out", type=Path, required=True, metavar="DIR", help="consortium folder")
+    init.add_argument(
+        "--sites", required=True, metavar="a,b,c", help="the sites' ids, comma-separated"
+    )
+    init.add_argument(
+        "--coordinator-host",
+        default="localhost",
+        metavar="HOST",
+        help="the host name or IP address sites reach the coordinator at (default: localhost)",
+    )
+    init.set_defaults(run=_consortium_init)
+
+
+def _consortium_init(args: argparse.Namespace) -> None:
+    from server.consortium import init_consortium, instructions, parse_sites
+
+    sites = parse_sites(args.sites)
+    layout = init_consortium(args.out, sites, args.coordinator_host)
+    print(instructions(layout, sites))
+
+
+def _add_audit_command(commands: argparse._SubParsersAction) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="audit trails of sites and coordinator",
+        description="Audit trails: append-only, hash-chained logs of who did what when "
+        "(SITE/audit.jsonl at each site; the coordinator's in its run or consortium folder).",
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    verify = audit_commands.add_parser(
+        "verify",
+        help="check that an audit trail is intact",
+        description="Checks every entry's hash and its link to the entry before, and the "
+        "head file (LOG's name with .head) that records how many entries there were: an "
+        "edited, removed, reordered or truncated entry, or a deleted trail, is an error "
+        "naming the line (exit 1). A trail rewritten from its first entry with its head file "
+        "cannot be told from an intact one: compare it with a copy kept elsewhere (the "
+        "coordinator's trail records each site's entry count and last hash whenever the "
+        "site joins a run).",
+    )
+    verify.add_argument(
+        "log", type=Path, metavar="LOG", help="audit.jsonl, or the folder holding it"
+    )
+    verify.set_defaults(run=_audit_verify)
+
+
+def _audit_verify(args: argparse.Namespace) -> None:
+    from task.audit import verify_audit_log
+
+    summary = verify_audit_log(args.log)
+    print(
+        f"{args.log}: intact, {summary.entries} entries"
+        + (f" from {summary.first} to {summary.last}" if summary.entries else "")
+        + f", last hash {summary.last_hash}"
+    )
+
+
 def _demo_report(run_dir: Path) -> None:
     """The demo's report, with the demo's intended-use statement: HTML and PDF, or only the
     HTML (saying so) without Chromium."""
@@ -522,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_acceptance_option(simulate)
     simulate.set_defaults(run=_simulate)
     _add_report_command(commands)
+    _add_audit_command(commands)
+    _add_consortium_command(commands)
     return parser
 
 

@@ -4,20 +4,29 @@
 - ``RUN/wire.jsonl``: every message the coordinator sent and every reply it received:
   message type, site, and the records (scalar and histogram values in full; arrays as
   shapes and a SHA-256). What crossed the wire can be audited from it alone.
+- the coordinator's audit trail (`task.audit`, hash-chained): every model sent and
+  received with its SHA-256, each site that joined, each refusal.
+
+With a model-signing key, every model the coordinator sends is signed (`task.signing`):
+the message carries a ConfigRecord `SIGNATURES` naming, for each of its ArrayRecords, the
+signature of that model in this run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+
+from task.audit import COORDINATOR, AuditEntry, AuditEvent, AuditLog
+from task.signing import SIGNATURES, model_sha256, sign_model
 
 ROUNDS_FILE = "rounds.jsonl"
 WIRE_FILE = "wire.jsonl"
@@ -50,13 +59,10 @@ def describe_records(content: RecordDict) -> dict[str, Any]:
     described: dict[str, Any] = {}
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
-            digest = hashlib.sha256()
-            for array in record.values():
-                digest.update(array.data)
             described[name] = {
                 "type": "ArrayRecord",
                 "shapes": {k: list(a.shape) for k, a in record.items()},
-                "sha256": digest.hexdigest(),
+                "sha256": model_sha256(record),
             }
         elif isinstance(record, MetricRecord | ConfigRecord):
             values = {k: v.hex() if isinstance(v, bytes) else v for k, v in record.items()}
@@ -67,19 +73,33 @@ def describe_records(content: RecordDict) -> dict[str, Any]:
 
 
 class AuditedGrid(Grid):
-    """A Grid that logs every message sent and every reply received to ``wire.jsonl``.
+    """A Grid that logs every message sent and every reply received to ``wire.jsonl``, signs
+    the models it sends (with ``signer``) and keeps the coordinator's audit trail (``audit``).
 
     ``site_of`` maps node ids to site ids once the sites are known; ``stage`` names the
-    step of the run (set by the orchestration before each exchange). Nodes in
-    ``hidden_nodes`` are left out of `get_node_ids`, so that a strategy, which samples its
-    sites from there, never asks them (held-out sites of an external validation).
+    step of the run and ``round`` its federated round, if any (both set by the
+    orchestration before each exchange). Nodes in ``hidden_nodes`` are left out of
+    `get_node_ids`, so that a strategy, which samples its sites from there, never asks them
+    (held-out sites of an external validation).
     """
 
-    def __init__(self, grid: Grid, log: JsonLines) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        log: JsonLines,
+        signer: Ed25519PrivateKey | None = None,
+        audit: AuditLog | None = None,
+        run_id: str = "",
+    ) -> None:
         self._grid = grid
         self._log = log
+        self._signer = signer
+        self._audit = audit
+        self._run_id = run_id
+        self._signatures: dict[tuple[int, str], str] = {}
         self.site_of: dict[int, str] = {}
         self.stage = "start"
+        self.round: int | None = None
         self.hidden_nodes: set[int] = set()
 
     def set_run(self, run: Run) -> None:
@@ -96,27 +116,77 @@ class AuditedGrid(Grid):
         return [n for n in self._grid.get_node_ids() if n not in self.hidden_nodes]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        messages = list(messages)
-        for message in messages:
-            self._record("sent", message.metadata.dst_node_id, message)
+        messages = [self._sent(m) for m in messages]
         return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         replies = list(self._grid.pull_messages(message_ids))
         for reply in replies:
-            self._record("received", reply.metadata.src_node_id, reply)
+            self._received(reply)
         return replies
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        messages = list(messages)
-        for message in messages:
-            self._record("sent", message.metadata.dst_node_id, message)
+        messages = [self._sent(m) for m in messages]
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for reply in replies:
-            self._record("received", reply.metadata.src_node_id, reply)
+            self._received(reply)
         return replies
+
+    def audit(self, event: AuditEvent, **details: str | int | float | bool | None) -> None:
+        """Add an entry to the coordinator's audit trail (if it keeps one)."""
+        if self._audit is not None:
+            self._audit.record(
+                AuditEntry(COORDINATOR, event, self._run_id, self.round, dict(details))
+            )
+
+    def _sent(self, message: Message) -> Message:
+        """Sign ``message``'s models (with a signer), then log and audit it."""
+        node = message.metadata.dst_node_id
+        models = {n: model_sha256(r) for n, r in message.content.array_records.items()}
+        if self._signer is not None and models:
+            message.content[SIGNATURES] = ConfigRecord(
+                {n: self._signature(message.metadata.run_id, h) for n, h in models.items()}
+            )
+        self._record("sent", node, message)
+        for name, sha256 in models.items():
+            self.audit(
+                AuditEvent.MODEL_SENT,
+                site=self.site_of.get(node),
+                message=message.metadata.message_type,
+                record=name,
+                sha256=sha256,
+                signed=self._signer is not None,
+            )
+        return message
+
+    def _signature(self, flower_run: int, sha256: str) -> str:
+        key = (flower_run, sha256)
+        if key not in self._signatures:  # one model goes to every site: sign it once
+            self._signatures[key] = sign_model(self._signer, str(flower_run), sha256)  # type: ignore[arg-type]
+        return self._signatures[key]
+
+    def _received(self, reply: Message) -> None:
+        node = reply.metadata.src_node_id
+        self._record("received", node, reply)
+        if reply.has_error():
+            self.audit(
+                AuditEvent.REFUSED,
+                site=self.site_of.get(node),
+                message=reply.metadata.message_type,
+                code=reply.error.code,
+                reason=reply.error.reason[:300],
+            )
+            return
+        for name, record in reply.content.array_records.items():
+            self.audit(
+                AuditEvent.MODEL_RECEIVED,
+                site=self.site_of.get(node),
+                message=reply.metadata.message_type,
+                record=name,
+                sha256=model_sha256(record),
+            )
 
     def _record(self, direction: str, node_id: int, message: Message) -> None:
         entry: dict[str, Any] = {

@@ -27,10 +27,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from server.checkpoints import FROZEN_CHECKPOINT, CheckpointRegistry, load_frozen_model
+from server.checkpoints import (
+    FROZEN_CHECKPOINT,
+    CheckpointRegistry,
+    load_frozen_model,
+    sha256_of,
+)
 from server.records import ROUNDS_FILE, WIRE_FILE, AuditedGrid, JsonLines
 from server.sites import FederationError, SiteProfile, discover_sites
 from server.strategies import RecordingStrategy, StrategyConfig, make_strategy
+from task.audit import AUDIT_FILE, AuditEvent, AuditLog
 from task.config_record import to_config
 from task.model import ARCHITECTURES, ModelConfig, build_model, count_parameters
 from task.privacy import (
@@ -41,6 +47,7 @@ from task.privacy import (
     PrivacyConfig,
 )
 from task.runtime import code_version
+from task.signing import load_signing_key
 from task.training import TrainingConfig
 from task.wire import (
     ARRAYS,
@@ -100,6 +107,9 @@ class FederationConfig:
     operating_threshold: the operating threshold (a probability) fixed before the job;
         default: chosen on the sites' training splits (Youden's J).
     timeout_s: how long to wait for replies to one message exchange.
+    signing_key: the coordinator's Ed25519 model-signing key (PEM): every model sent is
+        signed with it (`task.signing`). None: models go unsigned (a simulation).
+    audit_log: the coordinator's audit trail (`task.audit`); default ``RUN/audit.jsonl``.
     """
 
     run_dir: Path
@@ -117,6 +127,8 @@ class FederationConfig:
     frozen_model: Path | None = None
     operating_threshold: float | None = None
     timeout_s: float = 3600.0
+    signing_key: Path | None = None
+    audit_log: Path | None = None
 
     @property
     def trains_local_baselines(self) -> bool:
@@ -179,11 +191,27 @@ class FederatedJob:
     def run(self, flower_grid: Grid) -> None:
         config = self.config
         created = datetime.now(UTC).isoformat(timespec="seconds")
-        grid = AuditedGrid(flower_grid, JsonLines(config.run_dir / WIRE_FILE))
+        grid = AuditedGrid(
+            flower_grid,
+            JsonLines(config.run_dir / WIRE_FILE),
+            signer=load_signing_key(config.signing_key) if config.signing_key else None,
+            audit=AuditLog(config.audit_log or config.run_dir / AUDIT_FILE),
+            run_id=self.run_id,
+        )
+        grid.audit(AuditEvent.RUN_STARTED, strategy=config.strategy.name, rounds=config.rounds)
 
         with self._stage("discover", grid):
             sites = discover_sites(grid, config.expected_sites, config.timeout_s)
             grid.site_of.update({s.node_id: s.site_id for s in sites})
+        for site in sites:
+            entries, head = site.audit_head or (None, None)
+            grid.audit(
+                AuditEvent.SITE_JOINED,
+                site=site.site_id,
+                node=site.node_id,
+                site_audit_entries=entries,
+                site_audit_head=head,
+            )
         self.progress(
             f"{len(sites)} sites: "
             + ", ".join(f"{s.site_id} ({s.n_train} train / {s.n_test} test)" for s in sites)
@@ -204,6 +232,13 @@ class FederatedJob:
         (config.run_dir / RUN_RECORD_FILE).write_text(json.dumps(record, indent=2))
         with self._stage("evidence", grid):
             evidence_path = write_evidence(config.run_dir)
+        grid.round = None
+        grid.audit(
+            AuditEvent.RUN_FINISHED,
+            final_model=final_name,
+            sha256=self.checkpoints.entries[final_name].sha256,
+            evidence_sha256=sha256_of(evidence_path),
+        )
         (config.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2))
         self.progress(f"evidence written to {evidence_path}")
 

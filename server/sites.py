@@ -47,6 +47,7 @@ class SiteProfile:
     acquisition: dict[str, Any] = field(default_factory=dict)
     subgroups: dict[str, Any] = field(default_factory=dict)
     intake: dict[str, Any] | None = None
+    audit_head: tuple[int, str] | None = None
 
     @classmethod
     def from_record(cls, node_id: int, record: ConfigRecord) -> SiteProfile:
@@ -83,6 +84,11 @@ class SiteProfile:
             acquisition=_acquisition(record),
             subgroups=_subgroups(record),
             intake=_intake(record),
+            audit_head=(
+                (int(record["audit-entries"]), str(record["audit-head"]))  # type: ignore[arg-type]
+                if "audit-head" in record
+                else None
+            ),
         )
 
 

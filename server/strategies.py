@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 from server.central_dp import CentralDP
 from server.checkpoints import CheckpointRegistry
 from server.records import AuditedGrid, JsonLines
+from task.audit import AuditEvent
 from task.privacy import PRIVACY_REFUSED, PrivacyConfig
 from task.wire import METRICS, NUM_EXAMPLES
 from validation.metrics import ScoreHistogram, roc_auc
@@ -124,6 +125,7 @@ class RecordingStrategy(Strategy):
         self.total_rounds = total_rounds
         self._round_started = 0.0
         self._trained = 0
+        self._grid: AuditedGrid | None = None
         self.refused: set[int] = set()
 
     def summary(self) -> None:
@@ -135,6 +137,8 @@ class RecordingStrategy(Strategy):
         self._round_started = time.perf_counter()
         if isinstance(grid, AuditedGrid):
             grid.stage = f"round {server_round} train"
+            grid.round = server_round
+            self._grid = grid
         messages = self.inner.configure_train(server_round, arrays, config, grid)
         return [m for m in messages if m.metadata.dst_node_id not in self.refused]
 
@@ -169,6 +173,7 @@ class RecordingStrategy(Strategy):
     ) -> Iterable[Message]:
         if isinstance(grid, AuditedGrid):
             grid.stage = f"round {server_round} evaluate"
+            grid.round = server_round
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
@@ -197,6 +202,14 @@ class RecordingStrategy(Strategy):
         self.rounds.append(
             {"round": server_round, "phase": "summary", "seconds": seconds, **summary}
         )
+        if self._grid is not None:
+            checkpoint = self.checkpoints.entries.get(f"global-round-{server_round:03d}")
+            self._grid.audit(
+                AuditEvent.ROUND_FINISHED,
+                trained=self._trained,
+                evaluated=answered,
+                checkpoint_sha256=checkpoint.sha256 if checkpoint else None,
+            )
         auc = f", pooled test AUC {summary['pooled-auc']:.3f}" if "pooled-auc" in summary else ""
         self.progress(
             f"round {server_round}/{self.total_rounds}: {self._trained} sites trained, "

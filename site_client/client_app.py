@@ -37,6 +37,7 @@ from site_client.privacy import PlannedRelease, PrivacyRefused, ReleaseRequest, 
 from site_client.profile import site_profile
 from site_client.store import SiteStore
 from site_client.training import mean_loss, predict_logits, train_model
+from task.audit import MAX_DETAIL_CHARS, AuditEntry, AuditEvent, AuditLog
 from task.config_record import from_config
 from task.model import ModelConfig, build_model
 from task.privacy import (
@@ -45,6 +46,15 @@ from task.privacy import (
     PRIVACY_REFUSED,
     RUN_ID_KEY,
     PrivacyConfig,
+)
+from task.signing import (
+    MODEL_REJECTED,
+    SIGNATURES,
+    ModelSignatureError,
+    SigningKeyError,
+    load_verify_key,
+    model_sha256,
+    verify_models,
 )
 from task.training import TrainingConfig, derive_seed
 from task.wire import (
@@ -102,15 +112,27 @@ def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
 
     def handler(work: Callable[[SiteStore, RecordDict], RecordDict]) -> Callable:
         def handle(msg: Message, context: Context) -> Message:
+            trail: SiteAudit | None = None
             try:
-                content = work(locator.store(context), msg.content)
+                store = locator.store(context)
+                trail = SiteAudit(store, msg)
+                trail.received(_checked_models(store, msg))
+                content = work(store, msg.content)
+            except ModelSignatureError as exc:
+                LOG.error("site refused a model in %s: %s", msg.metadata.message_type, exc)
+                if trail is not None:
+                    trail.refused(AuditEvent.MODEL_REJECTED, str(exc))
+                return Message(Error(MODEL_REJECTED, f"model refused: {exc}"), reply_to=msg)
             except PrivacyRefused as exc:
                 LOG.warning("site refused %s: %s", msg.metadata.message_type, exc)
+                if trail is not None:
+                    trail.refused(AuditEvent.REFUSED, str(exc))
                 return Message(Error(PRIVACY_REFUSED, str(exc)), reply_to=msg)
             except Exception as exc:  # the coordinator gets one line; the site log the rest
                 LOG.exception("site failed to answer %s", msg.metadata.message_type)
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 return Message(Error(SITE_ERROR, reason), reply_to=msg)
+            trail.replied(content)
             return Message(content, reply_to=msg)
 
         return handle
@@ -121,6 +143,59 @@ def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
     app.evaluate()(handler(evaluate_round))
     app.evaluate("strata")(handler(evaluate_strata))
     return app
+
+
+def _checked_models(store: SiteStore, msg: Message) -> dict[str, str]:
+    """The SHA-256 of each model in ``msg``, by record name; when the site's policy names the
+    coordinator's signing key, only after checking each model's signature
+    (`ModelSignatureError` otherwise)."""
+    key_path = store.policy.coordinator.signing_key_path(store.root)
+    if key_path is None:
+        return {name: model_sha256(r) for name, r in msg.content.array_records.items()}
+    try:
+        key = load_verify_key(key_path)
+    except SigningKeyError as exc:
+        raise ModelSignatureError(f"the site cannot check signatures: {exc}") from exc
+    return verify_models(key, str(msg.metadata.run_id), msg.content)
+
+
+class SiteAudit:
+    """The site's audit trail (`task.audit`, ``SITE/audit.jsonl``) for one message: the
+    models received and sent with their SHA-256, the epsilon spent, refusals."""
+
+    def __init__(self, store: SiteStore, msg: Message) -> None:
+        self.log = AuditLog.in_folder(store.root)
+        self.site = store.site_id
+        self.msg = msg
+        config = msg.content.get(CONFIG)
+        round_ = config.get("server-round") if isinstance(config, ConfigRecord) else None
+        self.round = int(round_) if isinstance(round_, int) else None  # type: ignore[arg-type]
+
+    def _record(self, event: AuditEvent, **details: str | int | float | bool | None) -> None:
+        details["message"] = self.msg.metadata.message_type
+        self.log.record(
+            AuditEntry(self.site, event, str(self.msg.metadata.run_id), self.round, details)
+        )
+
+    def received(self, models: dict[str, str]) -> None:
+        signed = self.msg.content.get(SIGNATURES) is not None
+        for name, sha256 in models.items():
+            self._record(AuditEvent.MODEL_RECEIVED, record=name, sha256=sha256, signed=signed)
+
+    def replied(self, content: RecordDict) -> None:
+        for name, arrays in content.array_records.items():
+            self._record(AuditEvent.MODEL_SENT, record=name, sha256=model_sha256(arrays))
+        metrics = content.get(METRICS)
+        if isinstance(metrics, MetricRecord) and "dp-epsilon" in metrics:
+            self._record(
+                AuditEvent.EPSILON_SPENT,
+                epsilon_run=float(metrics["dp-epsilon"]),  # type: ignore[arg-type]
+                epsilon_total=float(metrics.get("dp-epsilon-total", math.inf)),  # type: ignore[arg-type]
+                delta=float(metrics["dp-delta"]),  # type: ignore[arg-type]
+            )
+
+    def refused(self, event: AuditEvent, reason: str) -> None:
+        self._record(event, reason=reason[:MAX_DETAIL_CHARS])
 
 
 def profile(store: SiteStore, _content: RecordDict) -> RecordDict:

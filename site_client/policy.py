@@ -26,6 +26,9 @@ allowed_ae_titles = ["PACS1", "CT_ROOM2"]   # who may send; empty (default): nob
 subgroup_columns = ["sex", "age"]   # default; [] sends no subgroup results
 banded_columns = ["age"]            # numeric columns reported in bands (default: age)
 band_width = 10                     # band width in the column's unit (default: 10 years)
+
+[coordinator]        # optional: the consortium's coordinator (written by `medfed site join`)
+signing_public_key = "kit/model-signing.pub"   # refuse any model not signed with its key
 ```
 """
 
@@ -116,6 +119,24 @@ class StoragePolicy:
 
 
 DEFAULT_KEY_FILE = "store.key"
+
+
+@dataclass(frozen=True)
+class CoordinatorPolicy:
+    """What the site requires of the coordinator.
+
+    signing_public_key: the coordinator's Ed25519 model-signing public key (PEM; a path
+        relative to the site directory); every model the site receives must carry a valid
+        signature made with it (`task.signing`), or the site refuses the message. None: models
+        are not checked (a simulation on one machine).
+    """
+
+    signing_public_key: str | None = None
+
+    def signing_key_path(self, site_dir: Path) -> Path | None:
+        """The public key's path for the site directory ``site_dir`` (None if unset)."""
+        return None if self.signing_public_key is None else site_dir / self.signing_public_key
+
 
 #: What an AE title may hold: 1-16 characters of printable ASCII, no backslash (PS3.5 6.2),
 #: without leading or trailing spaces (they are not significant).
@@ -210,6 +231,7 @@ class SitePolicy:
     storage: where the store's encryption key is (the ``[storage]`` table).
     receiver: the DICOM receiver's settings (the ``[receiver]`` table).
     evaluation: the subgroup results that may leave the site (the ``[evaluation]`` table).
+    coordinator: what the site requires of the coordinator (the ``[coordinator]`` table).
     """
 
     site_id: str
@@ -219,6 +241,7 @@ class SitePolicy:
     storage: StoragePolicy = field(default_factory=StoragePolicy)
     receiver: ReceiverPolicy = field(default_factory=ReceiverPolicy)
     evaluation: EvaluationPolicy = field(default_factory=EvaluationPolicy)
+    coordinator: CoordinatorPolicy = field(default_factory=CoordinatorPolicy)
 
     def __post_init__(self) -> None:
         if not _SITE_ID.match(self.site_id):
@@ -265,6 +288,7 @@ _TABLES: dict[str, type] = {
     "storage": StoragePolicy,
     "receiver": ReceiverPolicy,
     "evaluation": EvaluationPolicy,
+    "coordinator": CoordinatorPolicy,
 }
 
 

@@ -3,8 +3,9 @@
 Its id and minimum cell size; case counts per split, class and scanner group; modalities,
 body parts and the range of study years (the original years; stored headers have shifted
 dates); the counts of its intake sessions and their quarantine reasons; how its cases were
-de-identified; and training and test counts per subgroup stratum, suppressed below the
-minimum cell size as evaluation results are (`site_client.evaluation`). Keys and types:
+de-identified; training and test counts per subgroup stratum, suppressed below the
+minimum cell size as evaluation results are (`site_client.evaluation`); and the head of its
+audit trail (entries, last hash). Keys and types:
 `task.wire.PROFILE_KEYS`.
 """
 
@@ -19,6 +20,7 @@ from site_client.decode import UNKNOWN
 from site_client.evaluation import subgroup_value
 from site_client.intake_report import intake_totals, latest_deidentification
 from site_client.store import CaseRecord, SiteStore
+from task.audit import AuditLog
 from task.wire import STRATUM_SUBGROUP
 
 
@@ -45,6 +47,9 @@ def site_profile(store: SiteStore) -> ConfigRecord:
         profile["study-year-n"] = len(years)
     _add_subgroups(profile, store, records)
     _add_intake(profile, store)
+    # The head of the site's audit trail, which the coordinator records: a trail rewritten
+    # later no longer matches it.
+    profile["audit-entries"], profile["audit-head"] = AuditLog.in_folder(store.root).head()
     return profile
 
 

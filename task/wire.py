@@ -93,6 +93,9 @@ PROFILE_KEYS = frozenset(
         "deid-options",
         "deid-table-sha256",
         "deid-software",
+        # The head of the site's audit trail (task.audit): entries and last hash.
+        "audit-entries",
+        "audit-head",
     }
 )
 #: The privacy record of a release trained with DP-SGD at the site: this run's epsilon at

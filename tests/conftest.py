@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 from simulations.phantoms import write_phantom_federation
 from site_client.ingest import ingest_site
@@ -40,3 +43,33 @@ def small_federation(tmp_path_factory: pytest.TempPathFactory) -> IngestedFedera
         ingest_site(store, phantom / "dicom", phantom / "labels.csv", seed=3)
         site_dirs.append(store.root)
     return IngestedFederation(phantom_dirs, site_dirs)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small run made as users make one, ``medfed demo`` (3 phantom hospitals of 60 cases,
+    3 rounds, its report too): the run directory, DIR/run. For tests that read runs."""
+    out = tmp_path_factory.mktemp("demo")
+    result = subprocess.run(
+        [sys.executable, "-m", "medfed", "demo", "--out", str(out), "--sites", "3",
+         "--cases-per-site", "60", "--rounds", "3"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(f"medfed demo failed: {result.stderr[-2000:]}")
+    return out / "run"
+
+
+#: The Flower run id of messages made outside a run (`message_identity`).
+MESSAGE_RUN_ID = 1
+
+
+@pytest.fixture
+def message_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages need a run identity, which Flower sets inside a run: one for tests that
+    make messages outside a run."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", MESSAGE_RUN_ID)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)

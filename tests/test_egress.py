@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from site_client.egress import EGRESS_BLOCKED, EgressGuard, EgressViolation, check_reply
 from task.model import ModelConfig, build_model
@@ -26,15 +25,8 @@ from task.wire import (
     histogram_key,
 )
 
+pytestmark = pytest.mark.usefixtures("message_identity")
 SMALL = ModelConfig(architecture="cnn", image_size=16, channels=(4, 8), norm_groups=2)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages need a run identity; Flower sets it inside a run."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
 
 
 def _request(message_type: str, content: RecordDict | None = None) -> Message:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
+import shutil
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from server.sites import FederationError
 from server.strategies import StrategyConfig
 from simulations.federation import run_simulated_federation
 from site_client.ledger import PrivacyLedger
-from site_client.policy import PrivacyPolicy, write_policy
+from site_client.policy import CoordinatorPolicy, PrivacyPolicy, write_policy
 from site_client.store import SiteStore
+from task.audit import AUDIT_FILE, AuditEvent, AuditLog, verify_audit_log
 from task.model import ModelConfig, build_model
 from task.privacy import PrivacyConfig
+from task.signing import write_signing_key
 from task.training import TrainingConfig
 from task.wire import (
     EVALUATE_METRIC_KEYS,
@@ -64,12 +67,36 @@ def _config(run_dir: Path, **changes: Any) -> FederationConfig:
     return FederationConfig(**(settings | changes))
 
 
+@dataclass(frozen=True)
+class SignedRun:
+    """A run whose coordinator signed every model, and the sites that checked them."""
+
+    run_dir: Path
+    site_dirs: list[Path]
+
+
 @pytest.fixture(scope="module")
-def run_dir(small_federation: IngestedFederation, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def signed_run(
+    small_federation: IngestedFederation, tmp_path_factory: pytest.TempPathFactory
+) -> SignedRun:
+    """The module's federation: the coordinator signs its models; each site's policy names
+    the coordinator's public key, so it checks every model before loading it."""
     run = tmp_path_factory.mktemp("run")
+    keys = tmp_path_factory.mktemp("keys")
+    write_signing_key(keys / "model-signing.pem", keys / "model-signing.pub")
     sites = small_federation.fresh_copies(tmp_path_factory.mktemp("sites"))
-    run_simulated_federation(sites, _config(run), progress=lambda _: None)
-    return run
+    for site in sites:
+        shutil.copy(keys / "model-signing.pub", site / "coordinator.pub")
+        policy = SiteStore.open(site).policy
+        write_policy(site, replace(policy, coordinator=CoordinatorPolicy("coordinator.pub")))
+    config = _config(run, signing_key=keys / "model-signing.pem")
+    run_simulated_federation(sites, config, progress=lambda _: None)
+    return SignedRun(run, sites)
+
+
+@pytest.fixture(scope="module")
+def run_dir(signed_run: SignedRun) -> Path:
+    return signed_run.run_dir
 
 
 def _evidence(run: Path) -> dict[str, Any]:
@@ -211,6 +238,46 @@ def test_nothing_identifying_crossed_the_wire(
             text = path.read_text()
             leaked = sorted(v for v in phi if v in text)
             assert not leaked, f"{path.name} holds {leaked[:5]}"
+
+
+def test_models_are_signed_and_both_sides_audit_them(
+    signed_run: SignedRun, small_federation: IngestedFederation
+) -> None:
+    """The coordinator's trail and each site's agree on every model that crossed the wire;
+    every model a site loaded was signed; the trails are intact and hold no PHI."""
+    coordinator = AuditLog(signed_run.run_dir / AUDIT_FILE).entries()
+    events = [e.event for e in coordinator]
+    assert events[0] == AuditEvent.RUN_STARTED and events[-1] == AuditEvent.RUN_FINISHED
+    assert events.count(AuditEvent.SITE_JOINED) == 2
+    assert events.count(AuditEvent.ROUND_FINISHED) == ROUNDS
+    sent = [e for e in coordinator if e.event == AuditEvent.MODEL_SENT]
+    assert sent and all(e.details["signed"] for e in sent)
+    sent_hashes = {e.details["sha256"] for e in sent}
+    received_hashes = {
+        e.details["sha256"] for e in coordinator if e.event == AuditEvent.MODEL_RECEIVED
+    }
+    phi = _phi_values(small_federation.phantom_dirs)
+    for site_dir in signed_run.site_dirs:
+        site = SiteStore.open(site_dir).site_id
+        entries = AuditLog.in_folder(site_dir).entries()
+        loaded = [e for e in entries if e.event == AuditEvent.MODEL_RECEIVED]
+        assert loaded and all(e.details["signed"] for e in loaded)
+        assert {e.details["sha256"] for e in loaded} <= sent_hashes
+        returned = {e.details["sha256"] for e in entries if e.event == AuditEvent.MODEL_SENT}
+        assert len(returned) == ROUNDS + 1 and returned <= received_hashes  # + local-only
+        spent = [e for e in entries if e.event == AuditEvent.EPSILON_SPENT]
+        assert len(spent) == ROUNDS + 1 and spent[-1].details["epsilon_run"] > 0
+        assert all(e.actor == site and e.time for e in entries)
+        # the coordinator recorded where the site's trail stood when it joined
+        joined = next(
+            e
+            for e in coordinator
+            if e.event == AuditEvent.SITE_JOINED and e.details["site"] == site
+        )
+        assert joined.details["site_audit_entries"] == 0  # a fresh site: an empty trail
+        assert verify_audit_log(site_dir).entries == len(entries)
+        text = (site_dir / AUDIT_FILE).read_text()
+        assert not [v for v in phi if v in text]
 
 
 def test_site_stores_hold_no_identifying_values(small_federation: IngestedFederation) -> None:

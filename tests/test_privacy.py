@@ -245,7 +245,7 @@ def _edit_epsilon(lines: list[str]) -> list[str]:
         (lambda lines: [lines[0], lines[2]], "line 2: breaks the chain"),
         (lambda lines: [lines[1], lines[0], lines[2]], "line 1: breaks the chain"),
         (lambda lines: lines[:2], "entries were removed from the end"),
-        (lambda lines: [lines[0], "{not json", lines[2]], "line 2: not a ledger entry"),
+        (lambda lines: [lines[0], "{not json", lines[2]], "line 2: not a log entry"),
     ],
     ids=["edited", "removed", "reordered", "truncated", "garbled"],
 )
