@@ -304,6 +304,19 @@ def test_cross_site_matrix_rows_are_models_and_columns_sites() -> None:
     assert cross["method"] == evidence["performance"]["pooled"]["auc"]["method"]
 
 
+def test_roc_curves_of_the_global_model_pooled_and_per_site() -> None:
+    records, _ = _records()
+    evidence = build_evidence(records)
+    roc, performance = evidence["roc"], evidence["performance"]
+    assert roc["pooled"]["auc"] == pytest.approx(performance["pooled"]["auc"]["value"])
+    assert roc["pooled"]["n"] == performance["pooled"]["n"]
+    assert set(roc["by_site"]) == set(SITES)
+    for site, curve in roc["by_site"].items():
+        assert curve["auc"] == pytest.approx(performance["by_site"][site]["auc"]["value"])
+        assert (curve["fpr"][0], curve["tpr"][-1]) == (0.0, 1.0)
+    validate_evidence(evidence)
+
+
 def test_an_auc_that_is_not_defined_is_a_metric_with_its_reason() -> None:
     records, _ = _records()
     for key in ("test|site=all|1", "test|manufacturer=A|1", "test|scanner=A B|1"):

@@ -23,6 +23,7 @@ from validation.metrics import (
     proportion_ci,
     roc_auc,
     roc_auc_ci,
+    roc_curve,
     threshold_probability,
     youden_threshold,
 )
@@ -242,6 +243,24 @@ def test_confusion_at_agrees_with_thresholding_the_raw_logits() -> None:
         )
 
 
+def test_roc_curve_points_are_the_confusion_rates_and_enclose_the_auc() -> None:
+    rng = np.random.default_rng(3)
+    logits, labels = binormal(rng, 80, 120, shift=1.2)
+    hist = ScoreHistogram.from_logits(logits, labels)
+    curve = roc_curve(hist)
+    assert (curve.fpr[0], curve.tpr[0], curve.thresholds[0]) == (0.0, 0.0, 1.0)
+    assert (curve.fpr[-1], curve.tpr[-1]) == (1.0, 1.0)
+    assert curve.thresholds[-1] <= expit(logits.min())  # every case called positive
+    assert all(np.diff(curve.fpr) >= 0) and all(np.diff(curve.tpr) >= 0)
+    assert len(curve.fpr) <= len(set(np.round(logits, 6))) + 2  # a point per occupied bin
+    # each inner point: the rates of calling positive at or above its threshold
+    for fpr, tpr, threshold in list(zip(curve.fpr, curve.tpr, curve.thresholds, strict=True))[1:-1]:
+        edge = int(np.argmin(np.abs(expit(SCORE_BIN_EDGES) - threshold)))
+        counts = confusion_at(hist, edge)
+        assert (tpr, fpr) == pytest.approx((counts.tp / 80, counts.fp / 120))
+    assert np.trapezoid(curve.tpr, curve.fpr) == pytest.approx(roc_auc(hist), abs=1e-12)
+
+
 def test_youden_threshold_separates_separable_classes_in_the_middle_of_the_gap() -> None:
     rng = np.random.default_rng(8)
     negatives, positives = rng.uniform(-4.0, -1.0, 80), rng.uniform(1.0, 3.0, 40)
@@ -365,7 +384,8 @@ def test_from_logits_rejects_bad_input(
 
 
 @pytest.mark.parametrize(
-    "function", [roc_auc, roc_auc_ci, delong_variance, youden_threshold, auc_binning_error_bound]
+    "function",
+    [roc_auc, roc_auc_ci, roc_curve, delong_variance, youden_threshold, auc_binning_error_bound],
 )
 def test_auc_statistics_need_both_classes(function: Callable[[ScoreHistogram], object]) -> None:
     hist = ScoreHistogram.from_logits([0.5, 1.5], [1, 1])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -41,6 +41,8 @@ from validation.metrics import (
     ScoreHistogram,
     auc_estimate,
     binary_performance,
+    roc_auc,
+    roc_curve,
     threshold_edge,
     threshold_probability,
     youden_threshold,
@@ -202,6 +204,7 @@ def build_evidence(records: RunRecords, plan: AcceptancePlan | None = None) -> d
         "external_validation": _external_validation(global_hists, threshold, sorted(holdout)),
         "heterogeneity": _heterogeneity(global_hists, threshold),
         "calibration": _calibration(global_hists),
+        "roc": _roc(global_hists),
         "suppressed": [
             {"site": site, "stratum": stratum}
             for site, aggregate in sorted(records.aggregates.items())
@@ -348,20 +351,34 @@ def _heterogeneity(histograms: Histograms, threshold: int) -> dict[str, Any]:
     }
 
 
-def _calibration(histograms: Histograms) -> dict[str, Any]:
-    """The global model's calibration on the test data, pooled and per site (a stratum
-    without both classes is listed with the reason instead)."""
+def _by_site_and_pooled(
+    histograms: Histograms, assess: Callable[[ScoreHistogram], dict[str, Any]]
+) -> dict[str, Any]:
+    """``assess`` of the global model's test data, pooled and per site; a stratum without
+    both classes is listed with the reason instead."""
 
-    def assess(histogram: ScoreHistogram) -> dict[str, Any]:
+    def guarded(histogram: ScoreHistogram) -> dict[str, Any]:
         if not (histogram.n_pos and histogram.n_neg):
             return {"not_assessed": "needs cases of both classes", "n": histogram.n}
-        return assess_calibration(histogram).to_dict()
+        return assess(histogram)
 
     test = {k: h for k, h in histograms.items() if k[0] == "test"}
     return {
-        "pooled": assess(_pooled(test, "test", STRATUM_SITE)),
-        "by_site": {site: assess(h) for site, h in _test_strata(histograms, "site").items()},
+        "pooled": guarded(_pooled(test, "test", STRATUM_SITE)),
+        "by_site": {site: guarded(h) for site, h in _test_strata(histograms, "site").items()},
     }
+
+
+def _calibration(histograms: Histograms) -> dict[str, Any]:
+    """The global model's calibration on the test data, pooled and per site."""
+    return _by_site_and_pooled(histograms, lambda h: assess_calibration(h).to_dict())
+
+
+def _roc(histograms: Histograms) -> dict[str, Any]:
+    """The global model's ROC curves on the test data, pooled and per site, with the AUC."""
+    return _by_site_and_pooled(
+        histograms, lambda h: {**roc_curve(h).to_dict(), "auc": roc_auc(h), "n": h.n}
+    )
 
 
 def _auc(histogram: ScoreHistogram) -> dict[str, Any]:

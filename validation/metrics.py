@@ -233,6 +233,41 @@ def roc_auc(hist: ScoreHistogram) -> float:
     return float(hist.positives @ v10 / hist.n_pos)
 
 
+@dataclass(frozen=True)
+class RocCurve:
+    """The empirical ROC curve of a score histogram: one point per bin edge, from (0, 0)
+    (nothing called positive) to (1, 1) (everything), each the false and true positive
+    rates when a case is called positive iff its score lies above the edge. Joining the
+    points with straight lines gives the area `roc_auc` (ties within a bin count one half).
+    ``thresholds[i]``: the probability at or above which point ``i`` calls a case positive
+    (1 for the first point; for the last, the highest that calls every case positive).
+    """
+
+    fpr: tuple[float, ...]
+    tpr: tuple[float, ...]
+    thresholds: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"fpr": list(self.fpr), "tpr": list(self.tpr), "thresholds": list(self.thresholds)}
+
+
+def roc_curve(hist: ScoreHistogram) -> RocCurve:
+    """`RocCurve` of ``hist``, keeping only the points where the curve moves (a bin with no
+    case adds none). Raises ValueError when a class has no cases."""
+    _check_both_classes(hist)
+    # Cases above each edge, from the highest edge down: bins are in increasing score.
+    tp = np.concatenate([[0], np.cumsum(hist.positives[::-1])])
+    fp = np.concatenate([[0], np.cumsum(hist.negatives[::-1])])
+    probabilities = np.concatenate([[1.0], expit(SCORE_BIN_EDGES[::-1]), [0.0]])
+    keep = np.ones(len(tp), dtype=bool)
+    keep[1:] = (np.diff(tp) > 0) | (np.diff(fp) > 0)
+    return RocCurve(
+        tuple(float(v) for v in fp[keep] / hist.n_neg),
+        tuple(float(v) for v in tp[keep] / hist.n_pos),
+        tuple(float(v) for v in probabilities[keep]),
+    )
+
+
 def auc_binning_error_bound(hist: ScoreHistogram) -> float:
     """Largest possible ``|case-level AUC - roc_auc(hist)|`` caused by the binning.
 
