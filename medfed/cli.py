@@ -217,6 +217,49 @@ def _report(args: argparse.Namespace) -> None:
         )
 
 
+# --- dashboard (dashboards) ---
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1 to 65535, got {value}")
+    return value
+
+
+def _add_dashboard_command(commands: argparse._SubParsersAction) -> None:
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="the Streamlit dashboard over run directories",
+        description="Serves a Streamlit dashboard over one or more run directories (their "
+        "evidence.json and rounds.jsonl) until Ctrl-C: Federation (sites, scanners, "
+        "participation per round, epsilon spent, refusals and dropouts), Training (global and "
+        "per-site metrics per round, runs side by side), Cross-site and cross-scanner (the "
+        "cross-site matrix, forest plots, ROC and calibration curves) and Acceptance (each "
+        "criterion with a drill-down into its scopes; downloads of the report and evidence). "
+        "It works offline (nothing is loaded from outside the dashboard's address) with "
+        "Streamlit's usage statistics off. A partial or corrupt run directory is shown with "
+        "its problems in the page.",
+    )
+    dashboard.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN", help="run directory (evidence.json)"
+    )
+    dashboard.add_argument(
+        "--port", type=_port, default=8501, metavar="P", help="port to serve on (default: 8501)"
+    )
+    dashboard.add_argument(
+        "--address",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)",
+    )
+    dashboard.set_defaults(run=_dashboard)
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from dashboards.launch import serve
+
+    serve(args.run_dirs, port=args.port, address=args.address, debug=args.debug)
+
+
 def _add_consortium_command(commands: argparse._SubParsersAction) -> None:
     consortium = commands.add_parser(
         "consortium",
@@ -601,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_command(commands)
     _add_audit_command(commands)
     _add_consortium_command(commands)
+    _add_dashboard_command(commands)
     return parser
 
 
@@ -630,6 +674,7 @@ def _demo(args: argparse.Namespace) -> None:
     evidence = run_demo(config, progress=_say)
     _print_evidence(evidence)
     _demo_report(evidence.parent)
+    print(f"dashboard:     medfed dashboard {evidence.parent}")
 
 
 def _phantoms(args: argparse.Namespace) -> None:

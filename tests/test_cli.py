@@ -29,6 +29,12 @@ COMMANDS = [
     "site budget",
     "simulate",
     "validate",
+    "report",
+    "dashboard",
+    "audit",
+    "audit verify",
+    "consortium",
+    "consortium init",
 ]
 
 
@@ -191,6 +197,7 @@ def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
         assert "Cross-site AUC" in result.stdout
         assert "simulated" in result.stdout
         assert f"evidence:      {(out / 'run' / 'evidence.json').resolve()}" in result.stdout
+        assert f"dashboard:     medfed dashboard {out / 'run'}" in result.stdout
         phantoms = {
             p.relative_to(out).as_posix(): p.read_bytes()
             for p in sorted((out / "phantoms").rglob("*"))

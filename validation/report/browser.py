@@ -1,5 +1,7 @@
 """Headless Chromium, driven over the DevTools protocol through a pipe (no port is opened):
-open a page, wait for its figures, record what it logs and requests, print it to PDF.
+open a page, wait for its figures, record what it logs and requests, print it to PDF
+(`render_page`); or open a served page, such as the dashboard's, wait until it says it is
+ready and take a screenshot (`browse`).
 
 The record (`PageLog`) is how medfed checks a report before handing it out: console
 errors, uncaught exceptions, errors Chromium logs (failed loads, Content-Security-Policy
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 #: Environment variable naming the Chromium (or Chrome) executable to use.
 CHROMIUM_ENV = "MEDFED_CHROMIUM"
@@ -46,9 +49,10 @@ _FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
     "--remote-debugging-pipe",
 )
+#: Every host name resolves to nothing (`browse` exempts the page's own host).
+_HOST_RULES = "MAP * ~NOTFOUND"
 
 
 class BrowserError(RuntimeError):
@@ -71,13 +75,19 @@ def find_chromium() -> str | None:
 class PageLog:
     """What a page did in Chromium: ``console`` (every console message, "level: text"),
     ``errors`` (console errors, exceptions, Chromium's error log entries), ``requests``
-    (URLs other than the page and `LOCAL_SCHEMES`), ``figures`` (Plotly figures drawn)."""
+    (URLs other than the page and `LOCAL_SCHEMES`; a served page's own files and data are
+    among them), ``figures`` (Plotly figures drawn)."""
 
     url: str
     console: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     figures: int = 0
+    #: `browse` only: what its ``ready`` expression gave, the page's visible text then, and
+    #: the seconds from navigation until then.
+    ready_value: Any = None
+    text: str = ""
+    ready_s: float = 0.0
 
     @property
     def problems(self) -> list[str]:
@@ -108,7 +118,7 @@ class PageLog:
 class _DevTools:
     """One headless Chromium and its DevTools pipe (fd 3: commands in, fd 4: replies out)."""
 
-    def __init__(self, executable: str, timeout: float) -> None:
+    def __init__(self, executable: str, timeout: float, own_host: str | None = None) -> None:
         self.deadline = time.monotonic() + timeout
         self.profile = tempfile.mkdtemp(prefix="medfed-chromium-")
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
@@ -122,7 +132,14 @@ class _DevTools:
 
         try:
             self.process = subprocess.Popen(
-                [executable, *_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+                [
+                    executable,
+                    *_FLAGS,
+                    f"--host-resolver-rules={_HOST_RULES}"
+                    + (f", EXCLUDE {own_host}" if own_host else ""),
+                    f"--user-data-dir={self.profile}",
+                    "about:blank",
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self.stderr,
@@ -218,12 +235,7 @@ def render_page(
     log = PageLog(url)
     browser = _DevTools(executable, timeout)
     try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
-            "sessionId"
-        ]
-        for domain in ("Runtime", "Log", "Network", "Page"):
-            browser.call(f"{domain}.enable", session=session)
+        session = _new_page(browser)
         browser.call("Page.navigate", {"url": url}, session)
         browser.wait_for("Page.loadEventFired")
         drawn = browser.call(
@@ -237,6 +249,87 @@ def render_page(
             tmp = pdf.with_name(pdf.name + ".tmp")
             tmp.write_bytes(base64.b64decode(printed["data"]))
             tmp.replace(pdf)
+        for event in browser.events:
+            if event.get("sessionId") == session:
+                log.record(event)
+    finally:
+        browser.close()
+    return log
+
+
+def _new_page(browser: _DevTools) -> str:
+    """A new tab with the Runtime, Log, Network and Page events on; its session id."""
+    target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+        "sessionId"
+    ]
+    for domain in ("Runtime", "Log", "Network", "Page"):
+        browser.call(f"{domain}.enable", session=session)
+    return session
+
+
+#: Evaluated to size a full-page screenshot: the tallest content of the document and of
+#: its scrolling elements (apps such as Streamlit scroll inside an element).
+_CONTENT_HEIGHT = (
+    "Math.max(document.documentElement.scrollHeight, ...Array.from("
+    "document.querySelectorAll('*')).filter(e => ['auto', 'scroll']"
+    ".includes(getComputedStyle(e).overflowY)).map(e => e.scrollHeight))"
+)
+
+
+def browse(
+    url: str,
+    ready: str = FIGURES_READY,
+    screenshot: Path | None = None,
+    width: int = 1400,
+    height: int = 900,
+    executable: str | None = None,
+    timeout: float = 90.0,
+) -> PageLog:
+    """Open ``url`` (e.g. a page a local server serves) in headless Chromium, where no host
+    name but ``url``'s own resolves, with a ``width`` x ``height`` window; evaluate ``ready``
+    (a JavaScript expression, a promise awaited: its value is ``ready_value``, and a number
+    is also ``figures``); return what the page logged and requested, its visible text and
+    the seconds until it was ready. With ``screenshot``, save a PNG of the whole page there
+    (the window made as tall as the content, then ``ready`` awaited again). `BrowserError`
+    as for `render_page`."""
+    executable = executable or find_chromium()
+    if executable is None:
+        raise BrowserError(f"no Chromium found ({INSTALL_HINT})")
+    log = PageLog(url)
+    browser = _DevTools(executable, timeout, urlsplit(url).hostname)
+
+    def evaluate(expression: str) -> Any:
+        reply = browser.call(
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            session,
+        )
+        return reply.get("result", {}).get("value")
+
+    def resize(to_height: int) -> None:
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": to_height, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
+
+    try:
+        session = _new_page(browser)
+        resize(height)
+        started = time.monotonic()
+        browser.call("Page.navigate", {"url": url}, session)
+        browser.wait_for("Page.loadEventFired")
+        log.ready_value = evaluate(ready)
+        log.ready_s = time.monotonic() - started
+        if isinstance(log.ready_value, int | float):
+            log.figures = int(log.ready_value)
+        log.text = str(evaluate("document.body.innerText") or "")
+        if screenshot is not None:
+            resize(max(height, int(evaluate(_CONTENT_HEIGHT) or height)))
+            evaluate(ready)
+            shot = browser.call("Page.captureScreenshot", {"format": "png"}, session)
+            screenshot.write_bytes(base64.b64decode(shot["data"]))
         for event in browser.events:
             if event.get("sessionId") == session:
                 log.record(event)

@@ -1,0 +1,99 @@
+"""The dashboard in a real browser: ``medfed dashboard`` serving a demo run, each page opened
+in headless Chromium until its charts are drawn, its visible text checked against the run's
+evidence, no console error, no request beyond the dashboard's own address, a screenshot of
+each; then Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dashboards.browser_check import check_page, navigation_expression, page_url
+from dashboards.pages import ACCEPTANCE, CROSS_SITE, FEDERATION, PAGES, TRAINING
+from dashboards.runs import load_runs
+from validation.report.browser import browse, find_chromium
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (apt-get install chromium)"),
+]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dashboard(demo_run: Path) -> Iterator[str]:
+    """``medfed dashboard`` serving the demo run: its address; stopped with Ctrl-C (SIGINT),
+    which must end it cleanly and free its port."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medfed", "dashboard", str(demo_run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline() if process.stdout else ""
+    if not line:
+        process.kill()
+        pytest.fail(f"medfed dashboard did not start: {process.communicate()[1][-2000:]}")
+    assert line == f"dashboard: http://127.0.0.1:{port}/ (1 run; Ctrl-C to stop)\n"
+    yield f"http://127.0.0.1:{port}"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.strip() == "dashboard stopped"
+    with socket.socket() as probe:  # Streamlit is gone with it
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+
+
+def test_every_page_draws_in_chromium_offline(
+    dashboard: str, demo_run: Path, tmp_path: Path
+) -> None:
+    """Tables are drawn on canvases: the text checked is the rest (headings, messages,
+    metrics, chart axes and legends)."""
+    evidence = json.loads((demo_run / "evidence.json").read_text())
+    sites = [s["id"] for s in evidence["sites"]]
+    (label,) = [run.label for run in load_runs([demo_run])]
+    records = sum(1 for line in (demo_run / "rounds.jsonl").open() if line.strip())
+    expected = {
+        FEDERATION: (3, [evidence["run"]["id"], *sites, "Participation per round",
+                         "No site refused to train for its privacy budget"]),
+        TRAINING: (3, ["Global model per round", "Each site per round", label,
+                       f"{records} records"]),
+        CROSS_SITE: (5, ["Cross-site matrix", "Forest plots", *evidence["cross_site"]["models"],
+                         "ROC curves", f"pooled (AUC {evidence['roc']['pooled']['auc']:.3f})"]),
+        ACCEPTANCE: (1, [evidence["acceptance_plan"]["sha256"], "Drill-down",
+                         "Report (HTML)", "Report (PDF)", "Evidence (JSON)"]),
+    }  # fmt: skip
+    for page in PAGES:
+        charts, visible = expected[page]
+        shot = tmp_path / f"{page.url_path}.png"
+        check = check_page(dashboard, page, shot)
+        assert check.log.figures == charts, (page.title, check.log.figures)
+        assert check.errors == [], (page.title, check.errors)
+        assert check.foreign_requests == [], (page.title, check.foreign_requests)
+        assert check.log.requests, "the page loaded nothing from the dashboard"
+        for text in [page.title, "scanner differences simulated", *visible]:
+            assert text in check.log.text, (page.title, text)
+        assert "Traceback" not in check.log.text
+        assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 20_000
+
+
+def test_the_sidebar_switches_pages_without_reloading(dashboard: str) -> None:
+    log = browse(page_url(dashboard, FEDERATION), navigation_expression(FEDERATION, CROSS_SITE))
+    assert log.ready_value["charts"] == 5
+    assert "Cross-site matrix" in log.text
+    assert log.errors == []
