@@ -25,7 +25,7 @@ REPORT_HTML = "report.html"
 REPORT_PDF = "report.pdf"
 #: The evidence schema's major versions this dashboard was written against; others are read
 #: as far as their fields allow, with a notice.
-KNOWN_SCHEMA_MAJORS = ("1", "2", "3", "4")
+KNOWN_SCHEMA_MAJORS = ("1", "2")
 #: The metrics of a performance scope, in display order.
 METRICS = ("auc", "sensitivity", "specificity", "ppv", "npv")
 METRIC_NAMES = {

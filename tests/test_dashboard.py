@@ -542,3 +542,12 @@ def test_dashboard_command_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0]
+
+
+@pytest.mark.parametrize(("version", "notice"), [("2.0", False), ("1.0", False), ("3.0", True)])
+def test_evidence_of_an_unknown_schema_version_gets_a_notice(
+    tmp_path: Path, version: str, notice: bool
+) -> None:
+    (tmp_path / "evidence.json").write_text(json.dumps({"schema_version": version}))
+    texts = [n.text for n in load_run(tmp_path).notices]
+    assert any(f"schema version {version}, newer than" in t for t in texts) == notice
