@@ -138,6 +138,9 @@ def test_the_page_shows_every_section_with_the_evidence_numbers(
     assert "Retain Device Identity Option" in text and "cd" * 32 in text
     assert text.count("cd" * 32) == 1  # the sites share one de-identification method
     assert re.search(r"sex = M\s+withheld\s+48 / 29", text)  # site-a withheld it
+    # the ROC curves, pooled and per site, each named with its AUC
+    assert "ROC curves of the global model" in text
+    assert f"pooled (AUC {evidence['roc']['pooled']['auc']:.3f})" in report.html.read_text()
     # the gaps: what the evidence does not carry
     assert "Intended use: to be supplied by the manufacturer" in text
     # the GMLP principles and the CLAIM items
@@ -297,7 +300,15 @@ def test_partial_evidence_says_what_is_not_available(
     tmp_path: Path, evidence: dict[str, Any]
 ) -> None:
     partial = copy.deepcopy(evidence)
-    for key in ("heterogeneity", "calibration", "cross_site", "baselines", "acceptance", "rounds"):
+    for key in (
+        "heterogeneity",
+        "calibration",
+        "cross_site",
+        "baselines",
+        "acceptance",
+        "rounds",
+        "roc",
+    ):
         del partial[key]
     partial["performance"] = {"pooled": partial["performance"]["pooled"]}
     partial["privacy"] = ["not", "an", "object"]
@@ -309,6 +320,7 @@ def test_partial_evidence_says_what_is_not_available(
     files = write_report(_run_dir(tmp_path / "run", partial), pdf=False)
     text = _Page(files.html.read_text()).visible
     for what in (
+        "ROC curves",
         "Heterogeneity and forest plots",
         "Calibration",
         "Cross-site matrix",

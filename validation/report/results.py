@@ -78,8 +78,31 @@ def performance(src: ReportSource) -> Section:
                 {**as_mapping(external.get("by_site")), **pooled},
             )
         )
+    blocks.append(_roc_figure(src))
     blocks += _heterogeneity(src)
     return Section("sec-performance", "Performance", tuple(blocks))
+
+
+def _roc_figure(src: ReportSource) -> Block:
+    """The global model's ROC curves on the test data, pooled and per site."""
+    roc = as_mapping(src.data.get("roc"))
+    curves = {"pooled": roc.get("pooled"), **as_mapping(roc.get("by_site"))}
+    series = {
+        f"{name} (AUC {number(curve['auc'])})": (curve["fpr"], curve["tpr"])
+        for name, curve in curves.items()
+        if isinstance(curve, Mapping) and isinstance(curve.get("fpr"), list)
+    }
+    figure = figures.lines(
+        "fig-roc",
+        "ROC curves of the global model on the test data, pooled and per site: one point per "
+        "score bin where the curve moves; the area under the straight lines between them is "
+        "the AUC of the tables above (sites lacking a class have none).",
+        "evidence.json roc",
+        series,
+        "1 - specificity (false positive rate)",
+        "sensitivity (true positive rate)",
+    )
+    return figure or not_available("ROC curves (evidence.json roc)")
 
 
 def _heterogeneity(src: ReportSource) -> list[Block]:
