@@ -13,7 +13,7 @@ Layout of a consortium directory ``DIR/`` (made once, at the coordinator's insti
         kit.toml                    site id, coordinator address, what each file is
         ca.pem                      to check the coordinator's TLS certificate
         model-signing.pub           to check the coordinator's signature on every model
-        supernode.key               the site's SuperNode authentication key (0600)
+        supernode.key               the site's SuperNode authentication key (OpenSSH, 0600)
         supernode.pub               its public key (the coordinator has a copy)
         README.txt                  how to join
 
@@ -40,10 +40,10 @@ from task.signing import write_private_key, write_signing_key
 
 CONSORTIUM_FILE = "consortium.toml"
 KIT_FILE = "kit.toml"
-#: The SuperLink's Fleet API port (SuperNodes connect here) and Control API port (runs are
-#: submitted here), Flower's defaults.
-FLEET_PORT = 9092
-CONTROL_PORT = 9093
+#: The coordinator's one port: Flower 1.42's SuperLink serves the Fleet API (SuperNodes), the
+#: Control API and the Runtime API on one HTTPS port; medfed's guard (`server.guard`) serves
+#: only the Fleet API to other hosts.
+SUPERLINK_PORT = 9092
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CA_YEARS = 5
 CERT_YEARS = 2
@@ -127,12 +127,12 @@ def init_consortium(out: Path, sites: tuple[str, ...], coordinator_host: str) ->
     layout.tls_cert.write_bytes(tls.public_bytes(serialization.Encoding.PEM))
     write_signing_key(layout.signing_key, layout.signing_public_key)
 
-    address = f"{coordinator_host}:{FLEET_PORT}"
+    address = f"{coordinator_host}:{SUPERLINK_PORT}"
     for site in sites:
         kit = layout.kit(site)
         kit.mkdir(parents=True)
         node_key = ec.generate_private_key(ec.SECP384R1())
-        write_private_key(kit / "supernode.key", node_key)
+        write_private_key(kit / "supernode.key", node_key, serialization.PrivateFormat.OpenSSH)
         public = node_key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
@@ -160,8 +160,7 @@ def init_consortium(out: Path, sites: tuple[str, ...], coordinator_host: str) ->
             {
                 "sites": list(sites),
                 "coordinator_host": coordinator_host,
-                "fleet_port": FLEET_PORT,
-                "control_port": CONTROL_PORT,
+                "port": SUPERLINK_PORT,
                 "ca_sha256": _fingerprint(ca),
                 "tls_sha256": _fingerprint(tls),
             }

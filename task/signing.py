@@ -48,12 +48,17 @@ def model_sha256(arrays: ArrayRecord) -> str:
     return digest.hexdigest()
 
 
-def write_private_key(path: Path, key: PrivateKeyTypes) -> None:
-    """Write ``key`` as unencrypted PKCS#8 PEM to a new file ``path``, mode 0600 (never
+def write_private_key(
+    path: Path,
+    key: PrivateKeyTypes,
+    private_format: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8,
+) -> None:
+    """Write ``key`` unencrypted, as PEM in ``private_format`` (PKCS#8 by default; OpenSSH
+    for a SuperNode key, the format Flower reads), to a new file ``path``, mode 0600 (never
     overwriting: a key is made once)."""
     pem = key.private_bytes(
         serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
+        private_format,
         serialization.NoEncryption(),
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -76,7 +76,8 @@ def test_each_kit_holds_only_its_sites_key_and_public_material(
         ]
         assert not {p.read_bytes() for p in kit.iterdir()} & secrets
         assert (kit / "supernode.key").stat().st_mode & 0o777 == 0o600
-        node_key = serialization.load_pem_private_key((kit / "supernode.key").read_bytes(), None)
+        # OpenSSH, the format Flower's SuperNode reads (it refuses PKCS#8)
+        node_key = serialization.load_ssh_private_key((kit / "supernode.key").read_bytes(), None)
         public = node_key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
