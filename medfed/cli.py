@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medfed.deploy_commands import add_coordinator_commands, add_site_commands
 from medfed.progress import CountProgress
 from task.runtime import apply_offline_environment
 
@@ -565,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="set the site's delta (default: 0.1 / training cases)",
     )
     budget.set_defaults(run=_budget)
+    add_site_commands(site_commands)
 
     validate = commands.add_parser(
         "validate",
@@ -644,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_command(commands)
     _add_audit_command(commands)
     _add_consortium_command(commands)
+    add_coordinator_commands(commands)
     _add_dashboard_command(commands)
     return parser
 

@@ -130,6 +130,7 @@ class AuditedGrid(Grid):
     ) -> Iterable[Message]:
         messages = [self._sent(m) for m in messages]
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        replies = _attributed(replies, messages, set(self.site_of))
         for reply in replies:
             self._received(reply)
         return replies
@@ -207,3 +208,20 @@ class AuditedGrid(Grid):
                 }
             entry["records"] = records
         self._log.append(entry)
+
+
+def _attributed(replies: list[Message], sent: list[Message], sites: set[int]) -> list[Message]:
+    """``replies``, with each error the runtime made for a site (Flower's SuperLink answers
+    for a site that went away, e.g. NODE_UNAVAILABLE, from its own node id) turned into an
+    error from that site, so that records name the site that missed the round."""
+    if not sites:
+        return replies  # before discovery: nothing to attribute to
+    to = {m.metadata.message_id: m for m in sent}
+    return [
+        Message(reply.error, reply_to=to[reply.metadata.reply_to_message_id])
+        if reply.has_error()
+        and reply.metadata.src_node_id not in sites
+        and reply.metadata.reply_to_message_id in to
+        else reply
+        for reply in replies
+    ]

@@ -45,6 +45,9 @@ class AuditEvent(StrEnum):
     EPSILON_SPENT = "epsilon spent"
     REFUSED = "refused"
     TASK_APPROVED = "task approved"
+    COORDINATOR_STARTED = "coordinator started"
+    SITE_REGISTERED = "site registered"
+    RUN_SUBMITTED = "run submitted"
 
 
 Detail = str | int | float | bool | None

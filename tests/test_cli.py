@@ -35,6 +35,11 @@ COMMANDS = [
     "audit verify",
     "consortium",
     "consortium init",
+    "coordinator",
+    "coordinator start",
+    "site join",
+    "site approve",
+    "run",
 ]
 
 
