@@ -106,7 +106,12 @@ def add_site_commands(site_commands: argparse._SubParsersAction) -> None:
         "key (0600) into SITE/consortium/, requires signed models in SITE/site.toml, and runs "
         "Flower's SuperNode over TLS with the site's key. The site runs only apps it approved "
         "(medfed site approve). It needs outgoing HTTPS to the coordinator, no inbound port, "
-        "and a clock synchronised by NTP (more than 5 s ahead of the coordinator is refused).",
+        "and a clock synchronised by NTP: before anything is installed it compares this "
+        "host's clock with the Date of the coordinator's HTTPS answer (TLS checked with the "
+        "kit's CA) and refuses to join when it is more than 4 s ahead or 240 s behind "
+        "(Flower refuses a site more than 5 s ahead or about 5 min behind, without a "
+        "reason). An unreachable coordinator is reported in one line and the SuperNode keeps "
+        "trying to connect.",
     )
     join.add_argument("--kit", type=Path, required=True, metavar="KIT", help="the site's kit")
     join.add_argument("--site-dir", type=Path, required=True, metavar="SITE", help="site store")

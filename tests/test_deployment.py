@@ -15,7 +15,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -36,6 +36,7 @@ from server.deploy_run import (
 )
 from server.deployment import Coordinator, CoordinatorSettings, control_client
 from server.guard import FLEET_PREFIX, PeerGuard, install_guard
+from server.records import WIRE_FILE
 from server.server_app import FederationConfig
 from server.strategies import StrategyConfig
 from simulations.phantoms import write_phantom_federation
@@ -204,13 +205,16 @@ def _lan_address() -> str | None:
 
 @dataclass
 class Deployment:
-    """A running consortium: its folder, port, site stores and processes."""
+    """A running consortium: its folder, port, site stores and processes; ``joined``: each
+    site's latest `medfed site join`, with its local port in ``local_ports``."""
 
     consortium: Path
     port: int
     sites: dict[str, Path]
     root: Path
     processes: list[subprocess.Popen[bytes]]
+    local_ports: dict[str, int] = field(default_factory=dict)
+    joined: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, *args: str | Path) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
@@ -222,6 +226,16 @@ class Deployment:
         )
         self.processes.append(process)
         return process
+
+    def join(self, site: str) -> subprocess.Popen[bytes]:
+        """Run `medfed site join` for ``site``; again with the same arguments after a stop."""
+        port = self.local_ports.setdefault(site, _free_port())
+        self.joined[site] = self.start(
+            site, "site", "join", "--kit", self.consortium / "kits" / site,
+            "--site-dir", self.sites[site], "--coordinator", f"127.0.0.1:{self.port}",
+            "--local-port", port,
+        )  # fmt: skip
+        return self.joined[site]
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
@@ -281,10 +295,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         up.start("coordinator", "coordinator", "start", "--consortium", consortium,
                  "--port", up.port, "--host", "0.0.0.0")  # fmt: skip
         _wait(lambda: "newly registered" in up.log("coordinator"), 120, "the coordinator")
-        for site, store in sites.items():
-            up.start(site, "site", "join", "--kit", consortium / "kits" / site,
-                     "--site-dir", store, "--coordinator", f"127.0.0.1:{up.port}",
-                     "--local-port", _free_port())  # fmt: skip
+        for site in sites:
+            up.join(site)
         _wait(lambda: up.online() == 3, 120, "3 sites online")
         yield up
     finally:
@@ -446,32 +458,60 @@ def test_site_refuses_a_model_signed_with_another_key(
 
 @pytest.mark.slow
 def test_run_completes_when_a_site_dies_mid_run(deployment: Deployment, tmp_path: Path) -> None:
-    """Site c stops (SIGINT: its SuperNode leaves at once) after round 1: rounds 2 and 3 go
-    on with a and b, and the evidence says c missed them. Runs last: c stays down."""
+    """Site c crashes (SIGKILL of its process group) as round 2 is sent out. Flower answers
+    for it once its heartbeat lapses (about a minute), round 2 goes on with a and b, and the
+    evidence says c missed it. c is then restarted with `medfed site join`: it comes back
+    online with its node id and trains again in a later round of the same run. Runs last."""
     out = tmp_path / "run"
     run = subprocess.Popen(
         [sys.executable, "-m", "medfed", "run", "--consortium", str(deployment.consortium),
-         "--out", str(out), "--rounds", "3", "--round-timeout", "90", "--no-local-baselines",
+         "--out", str(out), "--rounds", "4", "--round-timeout", "150", "--no-local-baselines",
          "--simulated-data"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
     try:
-        rounds = out / "rounds.jsonl"
-        _wait(lambda: _has_summary(rounds, 1), 300, "round 1")
-        _stop(deployment.processes[SITES.index("site-c") + 1])
-        output, _ = run.communicate(timeout=600)
+        _wait(lambda: _sent(out, "site-c", "round 2 train"), 400, "round 2 sent to site c")
+        crashed = deployment.joined["site-c"]
+        os.killpg(crashed.pid, signal.SIGKILL)
+        crashed.wait()
+        _wait(lambda: _failed(out, "site-c", 2), 240, "Flower's answer for the dead site")
+        deployment.join("site-c")
+        _wait(lambda: deployment.online() == 3, 180, "site c back online")
+        output, _ = run.communicate(timeout=900)
     finally:
         _stop(run)
     assert run.returncode == 0, output[-3000:]
     evidence = json.loads((out / "evidence.json").read_text())
-    assert [r["round"] for r in evidence["rounds"]] == [1, 2, 3]
-    assert "site-c" in evidence["rounds"][0]["sites"]
-    assert "site-c" not in evidence["rounds"][2]["sites"]
-    assert {"site-a", "site-b"} <= set(evidence["rounds"][2]["sites"])
-    missed = {(f["site"], f["stage"], f["round"]) for f in evidence["site_failures"]}
-    assert any(site == "site-c" and r in (2, 3) for site, _, r in missed), missed
+    validate_evidence(evidence)
+    sites = [r["sites"] for r in evidence["rounds"]]
+    assert [r["round"] for r in evidence["rounds"]] == [1, 2, 3, 4]
+    assert all("train_loss" in sites[0][s] for s in SITES)
+    assert "train_error" in sites[1]["site-c"]
+    assert all("train_loss" in sites[1][s] for s in ("site-a", "site-b"))
+    missed = [(f["stage"], f["round"]) for f in evidence["site_failures"] if f["site"] == "site-c"]
+    assert ("train", 2) in missed and {r for _, r in missed} == {2}, evidence["site_failures"]
+    rejoined = [r for r in (3, 4) if "train_loss" in sites[r - 1].get("site-c", {})]
+    assert rejoined, sites  # c took part again (round 4 at the latest)
+    assert deployment.log("site-c").count("clock: ") == 2  # checked at each join
+    print(f"site c missed round 2 and trained again in round(s) {rejoined}")
+
+
+def _sent(run: Path, site: str, stage: str) -> bool:
+    """Whether the coordinator of ``run`` has sent ``site`` a message at ``stage``."""
+    entries = [json.loads(line) for line in (run / WIRE_FILE).read_text().splitlines()]
+    return any(
+        e["direction"] == "sent" and e["site"] == site and e["stage"] == stage for e in entries
+    )
+
+
+def _failed(run: Path, site: str, server_round: int) -> bool:
+    """Whether ``run``'s rounds.jsonl records an error of ``site`` in ``server_round``."""
+    entries = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    return any(
+        e.get("site") == site and e["round"] == server_round and "error" in e for e in entries
+    )
 
 
 def _has_summary(rounds: Path, server_round: int) -> bool:
