@@ -47,7 +47,9 @@ def add_coordinator_commands(commands: argparse._SubParsersAction) -> None:
         "--resume",
         action="store_true",
         help="restart on the existing state database (sites stay registered; needed after "
-        "the first start)",
+        "the first start) and continue every run the coordinator was running when it stopped, "
+        "from its last finished round (round numbers, checkpoints and the strategy's state, "
+        "e.g. FedAdam's moments, carry on; the run directory gets its evidence as before)",
     )
     start.set_defaults(run=_coordinator_start)
 
@@ -157,6 +159,12 @@ def _coordinator_start(args: argparse.Namespace) -> None:
     )
     try:
         coordinator.start()
+        if args.resume:
+            from medfed.cli import _say
+            from server.deploy_run import resume_interrupted
+            from task.app_bundle import build_app_bundle
+
+            resume_interrupted(args.consortium.resolve(), build_app_bundle(), _say)
         status = coordinator.wait()
     finally:
         coordinator.stop()

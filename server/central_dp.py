@@ -103,6 +103,14 @@ class CentralDP(Strategy):
         spent = self.dp.privacy_spent()
         return spent.epsilon if spent is not None and spent.num_releases else 0.0
 
+    def accountant_state(self) -> dict[str, object]:
+        """The accountant's releases so far (JSON-able), for a resumed run."""
+        return self.dp.accountant.state_dict()  # type: ignore[union-attr]
+
+    def restore_accountant(self, state: dict[str, object]) -> None:
+        """Carry on from `accountant_state` of an interrupted run."""
+        self.dp.accountant.load_state_dict(state)  # type: ignore[union-attr]
+
     def summary(self) -> None:
         self.dp.summary()
 

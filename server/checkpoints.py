@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; a one-line reason naming the file."""
+
+
 class CheckpointRegistry:
     """Saves state dicts under ``run_dir/checkpoints`` and keeps the registry file current."""
 
@@ -45,6 +50,25 @@ class CheckpointRegistry:
         self.folder = run_dir / "checkpoints"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.entries: dict[str, Checkpoint] = {}
+
+    @classmethod
+    def reopen(cls, run_dir: Path, keep: Callable[[Checkpoint], bool]) -> CheckpointRegistry:
+        """The registry of an earlier job in ``run_dir`` (a resumed one), with only the
+        entries ``keep`` accepts; each kept file's SHA-256 is checked (`CheckpointError`)."""
+        registry = cls(run_dir)
+        path = registry.folder / REGISTRY_FILE
+        try:
+            entries = [Checkpoint(**e) for e in json.loads(path.read_text(encoding="utf-8"))]
+        except (FileNotFoundError, json.JSONDecodeError, TypeError) as exc:
+            raise CheckpointError(f"{path}: not a checkpoint registry ({exc})") from exc
+        for entry in filter(keep, entries):
+            if not (run_dir / entry.file).is_file() or sha256_of(run_dir / entry.file) != (
+                entry.sha256
+            ):
+                raise CheckpointError(f"{run_dir / entry.file}: missing or changed since saved")
+            registry.entries[entry.name] = entry
+        registry._write()
+        return registry
 
     def save(
         self, name: str, state_dict: dict[str, torch.Tensor], server_round: int | None
@@ -60,10 +84,13 @@ class CheckpointRegistry:
             name, server_round, path.relative_to(self.run_dir).as_posix(), sha256_of(path)
         )
         self.entries[name] = entry
+        self._write()
+        return entry
+
+    def _write(self) -> None:
         (self.folder / REGISTRY_FILE).write_text(
             json.dumps([asdict(e) for e in self.entries.values()], indent=2)
         )
-        return entry
 
     def load(self, name: str) -> dict[str, torch.Tensor]:
         """The state dict of checkpoint ``name``, after checking its SHA-256."""
@@ -76,10 +103,6 @@ class CheckpointRegistry:
 
 #: The checkpoint name of the model an evaluation-only job tests.
 FROZEN_CHECKPOINT = "frozen"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; a one-line reason naming the file."""
 
 
 def load_frozen_model(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:

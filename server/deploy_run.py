@@ -5,12 +5,17 @@ call the installed ServerApp and ClientApp) built into a FAB, whose SHA-256 each
 approves (`site_client.approval`), with the `FederationConfig` as JSON in the run config.
 The ServerApp runs on the coordinator host and writes the run directory itself, evidence
 included, as `medfed simulate` does.
+
+Every submitted job is listed in ``DIR/coordinator/runs.json`` (run directory and Flower run
+id) with its configuration in ``RUN/federation.json``, so that a coordinator restarted with
+``--resume`` can continue each job that was cut short (`resume_interrupted`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import tomllib
 from collections.abc import Callable
@@ -18,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from server.consortium import CONSORTIUM_FILE, ConsortiumError, ConsortiumLayout
 from server.deployment import COORDINATOR_ACTOR, control_client
 from server.records import ROUNDS_FILE
+from server.resume import RESUME_FILE
 from server.server_app import DataProvenance, FederationConfig
 from server.strategies import StrategyConfig
 from task.app_bundle import AppBundle
@@ -45,6 +53,8 @@ _SECTIONS: dict[str, type] = {
 }
 _PATHS = ("run_dir", "frozen_model", "signing_key", "audit_log")
 Progress = Callable[[str], None]
+#: Seconds without an answer from the coordinator before `wait_for_run` gives up.
+COORDINATOR_LOST_S = 30.0
 
 
 def federation_to_json(config: FederationConfig) -> str:
@@ -110,10 +120,81 @@ def submit_run(consortium: Path, config: FederationConfig, bundle: AppBundle) ->
         AuditEntry(
             COORDINATOR_ACTOR,
             AuditEvent.RUN_SUBMITTED,
-            details={"flower_run": run_id, "app_sha256": bundle.sha256, "rounds": config.rounds},
+            details={
+                "flower_run": run_id,
+                "app_sha256": bundle.sha256,
+                "rounds": config.rounds,
+                "resume": config.resume,
+            },
         )
     )
+    _remember(consortium, config, run_id)
     return run_id
+
+
+#: The jobs submitted to the coordinator: ``[{"run_dir": ..., "flower_run": ...}]``.
+RUNS_FILE = "runs.json"
+#: The job's `FederationConfig`, kept in its run directory for a resume.
+FEDERATION_FILE = "federation.json"
+
+
+def _remember(consortium: Path, config: FederationConfig, flower_run: int) -> None:
+    """List the job in ``runs.json`` (its latest Flower run) and keep its configuration."""
+    (config.run_dir / FEDERATION_FILE).write_text(
+        federation_to_json(dataclasses.replace(config, resume=False)), encoding="utf-8"
+    )
+    runs = _submitted(consortium)
+    runs[str(config.run_dir)] = flower_run
+    path = ConsortiumLayout(consortium).coordinator / RUNS_FILE
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(
+        json.dumps([{"run_dir": d, "flower_run": r} for d, r in runs.items()], indent=2),
+        encoding="utf-8",
+    )
+    os.replace(temporary, path)
+
+
+def _submitted(consortium: Path) -> dict[str, int]:
+    """Run directory -> latest Flower run id of every job submitted to ``consortium``."""
+    path = ConsortiumLayout(consortium).coordinator / RUNS_FILE
+    if not path.exists():
+        return {}
+    try:
+        return {e["run_dir"]: int(e["flower_run"]) for e in json.loads(path.read_text("utf-8"))}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConsortiumError(f"{path}: not a list of submitted runs ({exc})") from exc
+
+
+def interrupted_runs(consortium: Path) -> dict[Path, int]:
+    """The submitted jobs that were cut short (no evidence, no failure, a resume point):
+    run directory -> the Flower run that was running it."""
+    return {
+        Path(run_dir): flower_run
+        for run_dir, flower_run in _submitted(consortium).items()
+        if (Path(run_dir) / RESUME_FILE).exists()
+        and not (Path(run_dir) / "evidence.json").exists()
+        and not (Path(run_dir) / FAILURE_FILE).exists()
+    }
+
+
+def resume_interrupted(consortium: Path, bundle: AppBundle, progress: Progress) -> list[int]:
+    """Continue every job of ``consortium`` that was cut short as a new Flower run from its
+    last finished round (the old run, if Flower still lists it as running, is stopped
+    first); returns the new Flower run ids. The jobs write their evidence into their run
+    directories as before."""
+    from flwr.proto.control_pb2 import ListRunsRequest, StopRunRequest
+
+    resumed = []
+    for run_dir, old_run in interrupted_runs(consortium).items():
+        with control_client(consortium) as client:
+            old = client.ListRuns(ListRunsRequest(run_id=old_run)).run_dict.get(old_run)
+            if old is not None and old.status.status != "finished":
+                client.StopRun(StopRunRequest(run_id=old_run))
+        config = federation_from_json((run_dir / FEDERATION_FILE).read_text(encoding="utf-8"))
+        run_id = submit_run(consortium, dataclasses.replace(config, resume=True), bundle)
+        progress(f"run {run_dir} resumed as Flower run {run_id} (was {old_run})")
+        resumed.append(run_id)
+    return resumed
 
 
 def wait_for_run(
@@ -125,9 +206,21 @@ def wait_for_run(
 
     started = time.monotonic()
     shown = 0
+    last_answer = started
     while True:
-        with control_client(consortium) as client:
-            run = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+        try:
+            with control_client(consortium) as client:
+                run = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+            last_answer = time.monotonic()
+        except httpx.TransportError as exc:
+            if time.monotonic() - last_answer > COORDINATOR_LOST_S:
+                raise ConsortiumError(
+                    f"lost the coordinator ({exc}); restart it with `medfed coordinator start "
+                    f"--consortium {consortium} --resume`: the run continues from its last "
+                    f"finished round and writes its evidence to {run_dir}"
+                ) from exc
+            time.sleep(1.0)
+            continue
         shown = _relay_rounds(run_dir, shown, progress)
         if run.status.status == "finished":
             return RunOutcome(

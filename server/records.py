@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -33,13 +33,15 @@ WIRE_FILE = "wire.jsonl"
 
 
 class JsonLines:
-    """Append-only JSON-lines file, safe to share between threads."""
+    """Append-only JSON-lines file, safe to share between threads; emptied when opened
+    unless ``keep`` (a resumed job goes on appending)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        if not (keep and path.exists()):
+            path.write_text("")
 
     def append(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, sort_keys=True)
@@ -208,6 +210,15 @@ class AuditedGrid(Grid):
                 }
             entry["records"] = records
         self._log.append(entry)
+
+
+#: The reason recorded for a site that did not answer a message within the timeout.
+NO_REPLY = "no reply within the timeout"
+
+
+def no_reply(sent: Message) -> Message:
+    """The error reply standing for a site's silence to ``sent``."""
+    return Message(Error(0, NO_REPLY), reply_to=sent)
 
 
 def _attributed(replies: list[Message], sent: list[Message], sites: set[int]) -> list[Message]:

@@ -18,22 +18,31 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoints import (
     FROZEN_CHECKPOINT,
+    Checkpoint,
     CheckpointRegistry,
     load_frozen_model,
     sha256_of,
 )
-from server.records import ROUNDS_FILE, WIRE_FILE, AuditedGrid, JsonLines
+from server.records import ROUNDS_FILE, WIRE_FILE, AuditedGrid, JsonLines, no_reply
+from server.resume import (
+    ResumeLog,
+    ResumePoint,
+    Resumption,
+    ServerState,
+    run_directory_lock,
+    set_aside_interrupted,
+)
 from server.sites import FederationError, SiteProfile, discover_sites
 from server.strategies import RecordingStrategy, StrategyConfig, make_strategy
 from task.audit import AUDIT_FILE, AuditEvent, AuditLog
@@ -110,6 +119,8 @@ class FederationConfig:
     signing_key: the coordinator's Ed25519 model-signing key (PEM): every model sent is
         signed with it (`task.signing`). None: models go unsigned (a simulation).
     audit_log: the coordinator's audit trail (`task.audit`); default ``RUN/audit.jsonl``.
+    resume: continue the interrupted job in ``run_dir`` from its last finished round
+        (`server.resume`) instead of starting afresh.
     """
 
     run_dir: Path
@@ -129,6 +140,7 @@ class FederationConfig:
     timeout_s: float = 3600.0
     signing_key: Path | None = None
     audit_log: Path | None = None
+    resume: bool = False
 
     @property
     def trains_local_baselines(self) -> bool:
@@ -183,22 +195,46 @@ class FederatedJob:
         self.config = config
         self.progress = progress
         config.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints = CheckpointRegistry(config.run_dir)
-        self.rounds_log = JsonLines(config.run_dir / ROUNDS_FILE)
+        self.resume_log = ResumeLog(config.run_dir)
         self.timings: dict[str, float] = {}
-        self.run_id = config.run_dir.resolve().name + "-" + uuid.uuid4().hex[:8]
+        if config.resume:
+            self.point, self.server_state = self.resume_log.read()
+            set_aside_interrupted(config.run_dir / ROUNDS_FILE, self.point)
+            self.checkpoints = CheckpointRegistry.reopen(config.run_dir, self._finished)
+        else:
+            run_id = config.run_dir.resolve().name + "-" + uuid.uuid4().hex[:8]
+            self.point = ResumePoint(run_id, datetime.now(UTC).isoformat(timespec="seconds"))
+            self.server_state = ServerState()
+            self.checkpoints = CheckpointRegistry(config.run_dir)
+        self.run_id = self.point.run_id
+        self.rounds_log = JsonLines(config.run_dir / ROUNDS_FILE, keep=config.resume)
+
+    def _finished(self, checkpoint: Checkpoint) -> bool:
+        """Whether ``checkpoint`` was made by a stage that finished before the resume point."""
+        if checkpoint.name.startswith(LOCAL_MODEL_PREFIX):
+            return checkpoint.name in (self.point.local_models or {})
+        return checkpoint.round is None or checkpoint.round <= self.point.completed_round
 
     def run(self, flower_grid: Grid) -> None:
+        """Run every stage on ``flower_grid``; only one job at a time writes the run
+        directory (an interrupted job's process may linger a few seconds)."""
+        with run_directory_lock(self.config.run_dir, self.config.timeout_s):
+            self._run(flower_grid)
+
+    def _run(self, flower_grid: Grid) -> None:
         config = self.config
-        created = datetime.now(UTC).isoformat(timespec="seconds")
         grid = AuditedGrid(
             flower_grid,
-            JsonLines(config.run_dir / WIRE_FILE),
+            JsonLines(config.run_dir / WIRE_FILE, keep=config.resume),
             signer=load_signing_key(config.signing_key) if config.signing_key else None,
             audit=AuditLog(config.audit_log or config.run_dir / AUDIT_FILE),
             run_id=self.run_id,
         )
-        grid.audit(AuditEvent.RUN_STARTED, strategy=config.strategy.name, rounds=config.rounds)
+        if config.resume:
+            self._resumed(grid)
+        else:
+            grid.audit(AuditEvent.RUN_STARTED, strategy=config.strategy.name, rounds=config.rounds)
+            self.point = self.resume_log.save(self.point)
 
         with self._stage("discover", grid):
             sites = discover_sites(grid, config.expected_sites, config.timeout_s)
@@ -228,7 +264,7 @@ class FederatedJob:
         with self._stage("cross-site evaluation", grid):
             self._evaluate_everywhere(grid, sites, models)
 
-        record = self._run_record(created, sites, model, final_name, local_models)
+        record = self._run_record(sites, model, final_name, local_models)
         (config.run_dir / RUN_RECORD_FILE).write_text(json.dumps(record, indent=2))
         with self._stage("evidence", grid):
             evidence_path = write_evidence(config.run_dir)
@@ -253,13 +289,19 @@ class FederatedJob:
         initial = ArrayRecord(model.state_dict())
         self.checkpoints.save("global-round-000", model.state_dict(), 0)
 
-        local_models: dict[str, str] = {}
-        if config.local_baselines and not config.trains_local_baselines:
-            self.progress("local-only baselines: none under central DP (they would carry no noise)")
-        elif config.trains_local_baselines:
-            with self._stage("local-only baselines", grid):
-                local_models = self._train_local_models(grid, training, initial)
+        local_models = self.point.local_models
+        if local_models is None:
+            local_models = {}
+            if config.local_baselines and not config.trains_local_baselines:
+                self.progress(
+                    "local-only baselines: none under central DP (they would carry no noise)"
+                )
+            elif config.trains_local_baselines:
+                with self._stage("local-only baselines", grid):
+                    local_models = self._train_local_models(grid, training, initial)
+            self.point = self.resume_log.save(replace(self.point, local_models=local_models))
 
+        done = self.point.completed_round
         with self._stage("federated rounds", grid):
             strategy = RecordingStrategy(
                 make_strategy(config.strategy, config.privacy, config.rounds, len(training)),
@@ -268,19 +310,50 @@ class FederatedJob:
                 self.checkpoints,
                 self.progress,
                 config.rounds,
+                first_round=done + 1,
+                round_finished=lambda r: self._round_finished(r, strategy),
             )
-            result = strategy.start(
-                grid=grid,
-                initial_arrays=initial,
-                num_rounds=config.rounds,
-                timeout=config.timeout_s,
-                train_config=ConfigRecord(self._task_config()),
-                evaluate_config=ConfigRecord(self._task_config()),
-            )
+            if config.resume:
+                strategy.restore(self.server_state)
+            if done < config.rounds:
+                strategy.start(
+                    grid=grid,
+                    initial_arrays=self._arrays_of(f"global-round-{done:03d}") if done else initial,
+                    num_rounds=config.rounds - done,
+                    timeout=config.timeout_s,
+                    train_config=ConfigRecord(self._task_config()),
+                    evaluate_config=ConfigRecord(self._task_config()),
+                )
         grid.hidden_nodes = set()
-        models = {GLOBAL_MODEL: result.arrays}
+        final_name = self._final_checkpoint()
+        models = {GLOBAL_MODEL: self._arrays_of(final_name)}
         models |= {name: self._arrays_of(ckpt) for name, ckpt in local_models.items()}
-        return self._final_checkpoint(), models, local_models
+        return final_name, models, local_models
+
+    def _round_finished(self, server_round: int, strategy: RecordingStrategy) -> None:
+        """Record round ``server_round`` as the point to resume from."""
+        self.point = self.resume_log.save(
+            replace(self.point, completed_round=server_round), strategy.server_state()
+        )
+
+    def _resumed(self, grid: AuditedGrid) -> None:
+        """Record that this Flower run continues the job after its last finished round."""
+        done = self.point.completed_round
+        resumption = Resumption(
+            done, int(grid.run.run_id), datetime.now(UTC).isoformat(timespec="seconds")
+        )
+        self.point = self.resume_log.save(
+            replace(self.point, resumptions=(*self.point.resumptions, resumption)),
+            self.server_state,
+        )
+        grid.audit(
+            AuditEvent.RUN_RESUMED,
+            after_round=done,
+            rounds=self.config.rounds,
+            flower_run=resumption.flower_run,
+            server_state_sha256=self.point.server_state_sha256 or None,
+        )
+        self.progress(f"resuming after round {done} of {self.config.rounds}")
 
     def _register_frozen(self, path: Path) -> tuple[str, dict[str, torch.Tensor]]:
         """Copy the file of the frozen model under evaluation into the run, byte for byte
@@ -400,9 +473,10 @@ class FederatedJob:
             grid.site_of[r.metadata.src_node_id]: r
             for r in grid.send_and_receive(messages, timeout=self.config.timeout_s)
         }
-        for site in sites:
-            if site.site_id not in replies:
-                replies[site.site_id] = _no_reply(messages, site)
+        for message in messages:
+            site = grid.site_of[message.metadata.dst_node_id]
+            if site not in replies:
+                replies[site] = no_reply(message)
         return dict(sorted(replies.items()))
 
     def _arrays_of(self, checkpoint: str) -> ArrayRecord:
@@ -414,7 +488,6 @@ class FederatedJob:
 
     def _run_record(
         self,
-        created: str,
         sites: list[SiteProfile],
         model: torch.nn.Module,
         final_name: str,
@@ -424,7 +497,8 @@ class FederatedJob:
         return {
             "run": {
                 "id": self.run_id,
-                "created": created,
+                "created": self.point.created,
+                "resumptions": [asdict(r) for r in self.point.resumptions],
                 "code_version": code_version(),
                 "strategy": (
                     asdict(config.strategy)
@@ -469,11 +543,6 @@ class _Stage:
 
     def __exit__(self, *exc: object) -> None:
         self.timings[self.name] = round(time.perf_counter() - self.started, 3)
-
-
-def _no_reply(messages: list[Message], site: SiteProfile) -> Message:
-    sent = next(m for m in messages if m.metadata.dst_node_id == site.node_id)
-    return Message(Error(0, "no reply within the timeout"), reply_to=sent)
 
 
 def _site_record(site: SiteProfile) -> dict[str, Any]:

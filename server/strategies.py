@@ -16,16 +16,20 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from server.central_dp import CentralDP
 from server.checkpoints import CheckpointRegistry
-from server.records import AuditedGrid, JsonLines
+from server.records import AuditedGrid, JsonLines, no_reply
+from server.resume import ServerState
 from task.audit import AuditEvent
 from task.privacy import PRIVACY_REFUSED, PrivacyConfig
 from task.wire import METRICS, NUM_EXAMPLES
 from validation.metrics import ScoreHistogram, roc_auc
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam")
+#: FedOpt's (FedAdam's) server-side moments: the state a resumed run must carry on with.
+_MOMENTS = ("m_t", "v_t")
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,10 @@ class RecordingStrategy(Strategy):
       recorded and asked to train no more in this run: its spend only grows. It is still
       evaluated, which costs it nothing.
 
-    site_of maps node ids to site ids; progress receives one line per round.
+    site_of maps node ids to site ids; progress receives one line per round;
+    ``round_finished(round)`` is called after each round's evaluation. A resumed job starts
+    at ``first_round``: Flower's loop counts its rounds from 1, the records, the sites and
+    the inner strategy (FedAdam's bias correction) see the job's round numbers.
     """
 
     def __init__(
@@ -116,6 +123,8 @@ class RecordingStrategy(Strategy):
         checkpoints: CheckpointRegistry,
         progress: Callable[[str], None],
         total_rounds: int,
+        first_round: int = 1,
+        round_finished: Callable[[int], None] = lambda _: None,
     ) -> None:
         self.inner = inner
         self.site_of = site_of
@@ -123,29 +132,65 @@ class RecordingStrategy(Strategy):
         self.checkpoints = checkpoints
         self.progress = progress
         self.total_rounds = total_rounds
+        self.first_round = first_round
+        self.round_finished = round_finished
         self._round_started = 0.0
         self._trained = 0
         self._grid: AuditedGrid | None = None
+        self._asked: list[Message] = []
         self.refused: set[int] = set()
 
     def summary(self) -> None:
         self.inner.summary()
 
+    def server_state(self) -> ServerState:
+        """What the next round needs besides the global model: FedAdam's moments, central
+        DP's accountant, the sites that refused."""
+        arrays = {
+            f"{moment}/{name}": value
+            for moment in _MOMENTS
+            for name, value in (getattr(self.inner, moment, None) or {}).items()
+        }
+        values: dict = {"refused_sites": sorted(self.site_of.get(n, str(n)) for n in self.refused)}
+        if isinstance(self.inner, CentralDP):
+            values["central_dp_accountant"] = self.inner.accountant_state()
+        return ServerState(arrays, values)
+
+    def restore(self, state: ServerState) -> None:
+        """Carry on from ``state`` (`server_state` of the interrupted job)."""
+        if isinstance(self.inner, FedOpt):
+            for moment in _MOMENTS:
+                prefix = moment + "/"
+                saved = {
+                    k.removeprefix(prefix): v
+                    for k, v in state.arrays.items()
+                    if k.startswith(prefix)
+                }
+                setattr(self.inner, moment, saved or None)
+        elif state.arrays:
+            raise ValueError("server state with moments for a strategy that keeps none")
+        node_of = {site: node for node, site in self.site_of.items()}
+        self.refused = {node_of[s] for s in state.values.get("refused_sites", []) if s in node_of}
+        if isinstance(self.inner, CentralDP):
+            self.inner.restore_accountant(state.values["central_dp_accountant"])
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.first_round - 1
         self._round_started = time.perf_counter()
         if isinstance(grid, AuditedGrid):
             grid.stage = f"round {server_round} train"
             grid.round = server_round
             self._grid = grid
         messages = self.inner.configure_train(server_round, arrays, config, grid)
-        return [m for m in messages if m.metadata.dst_node_id not in self.refused]
+        return self._asking([m for m in messages if m.metadata.dst_node_id not in self.refused])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ordered = sorted(replies, key=lambda m: self._site(m))
+        server_round += self.first_round - 1
+        ordered = sorted(self._with_silent(replies), key=lambda m: self._site(m))
         self._trained = sum(
             self._record(server_round, "train", reply, lambda m: dict(m.content[METRICS]))
             is not None
@@ -171,19 +216,21 @@ class RecordingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.first_round - 1
         if isinstance(grid, AuditedGrid):
             grid.stage = f"round {server_round} evaluate"
             grid.round = server_round
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self._asking(list(self.inner.configure_evaluate(server_round, arrays, config, grid)))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Per-site loss and AUC, and the pooled AUC of all sites' test splits."""
+        server_round += self.first_round - 1
         pooled = ScoreHistogram.empty()
         weighted_loss, n_total = 0.0, 0
         answered = 0
-        replies = list(replies)
+        replies = self._with_silent(replies)
         for reply in sorted(replies, key=lambda m: self._site(m)):
             evaluation = self._record(server_round, "evaluate", reply, _evaluation_of)
             if evaluation is None:
@@ -215,7 +262,22 @@ class RecordingStrategy(Strategy):
             f"round {server_round}/{self.total_rounds}: {self._trained} sites trained, "
             f"{answered}/{len(replies)} evaluated{auc} ({seconds:.0f} s)"
         )
+        self.round_finished(server_round)
         return MetricRecord(summary)
+
+    def _asking(self, messages: list[Message]) -> list[Message]:
+        """Remember ``messages`` (about to be sent), to tell which sites stay silent."""
+        self._asked = messages
+        return messages
+
+    def _with_silent(self, replies: Iterable[Message]) -> list[Message]:
+        """``replies`` plus an error for every site asked that did not reply in time, so
+        that a silent site is recorded as missing the round like one that failed."""
+        replies = list(replies)
+        answered = {r.metadata.src_node_id for r in replies}
+        return replies + [
+            no_reply(m) for m in self._asked if m.metadata.dst_node_id not in answered
+        ]
 
     def _site(self, message: Message) -> str:
         return self.site_of.get(

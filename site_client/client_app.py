@@ -35,6 +35,7 @@ from site_client.evaluation import class_histograms, stratified_histograms
 from site_client.ledger import PrivacyLedger
 from site_client.privacy import PlannedRelease, PrivacyRefused, ReleaseRequest, plan_release
 from site_client.profile import site_profile
+from site_client.releases import ReleaseCache, ReleaseKey
 from site_client.store import SiteStore
 from site_client.training import mean_loss, predict_logits, train_model
 from task.audit import MAX_DETAIL_CHARS, AuditEntry, AuditEvent, AuditLog
@@ -209,25 +210,36 @@ def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict
     A federated round trains ``local-epochs`` epochs; the local-only baseline trains the
     ``epochs`` its message asks for. The release is planned against the site's privacy
     policy and ledger first (`PrivacyRefused` if the site does not allow it) and recorded
-    in the ledger before the reply leaves.
+    in the ledger before the reply leaves. A request the site has answered already (a
+    resumed coordinator asking again for the round it lost) gets the same reply again,
+    with no training and no new spend (`site_client.releases`).
     """
     config = content[CONFIG]
     model_config = from_config(ModelConfig, config, MODEL_CONFIG_PREFIX)
     training = from_config(TrainingConfig, config)
+    server_round = int(config.get("server-round", 0))
+    epochs = int(config[EPOCHS_KEY]) if local_only else training.local_epochs
+    phase = "local-only" if local_only else "federated"
+    releases = ReleaseCache(store.root)
+    key = ReleaseKey(
+        str(config[RUN_ID_KEY]), server_round, phase, epochs, model_sha256(content[ARRAYS])
+    )
+    released = releases.find(key)
+    if released is not None:
+        LOG.info("round %s (%s) was released already: sending the same reply", server_round, phase)
+        return RecordDict({ARRAYS: released[0], METRICS: released[1]})
     model = _received_model(content[ARRAYS], model_config)
     data = load_split(store, "train", model_config.image_size)
-    server_round = int(config.get("server-round", 0))
     run_seed = int(config[SEED_KEY])
-    epochs = int(config[EPOCHS_KEY]) if local_only else training.local_epochs
     ledger = PrivacyLedger(store.root)
     planned = plan_release(
         store.policy.privacy,
         ledger.entries(),
         from_config(PrivacyConfig, config, PRIVACY_PREFIX),
         ReleaseRequest(
-            run_id=str(config[RUN_ID_KEY]),
+            run_id=key.run_id,
             round=server_round,
-            phase="local-only" if local_only else "federated",
+            phase=phase,
             seed=run_seed,
             epochs=epochs,
             planned_epochs=int(config[PLANNED_EPOCHS_KEY]),
@@ -251,6 +263,7 @@ def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict
             **privacy_metrics(planned),
         }
     )
+    releases.keep(key, model.state_dict(), metrics)
     return RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: metrics})
 
 

@@ -35,10 +35,12 @@ from task.privacy import (
     RUN_ID_KEY,
     PrivacyConfig,
 )
+from task.signing import model_sha256
 from task.training import TrainingConfig
 from task.wire import (
     ARRAYS,
     CONFIG,
+    METRICS,
     MODEL_CONFIG_PREFIX,
     MODEL_PREFIX,
     SEED_KEY,
@@ -343,3 +345,20 @@ def test_dp_training_is_reproducible_for_its_seeds(site: SiteStore) -> None:
         assert stats.steps == planned.entry.steps
         weights.append(model.state_dict()["head.weight"])
     assert torch.equal(weights[0], weights[1])
+
+
+def test_a_request_answered_already_gets_the_same_release_and_spends_nothing(
+    site: SiteStore,
+) -> None:
+    """A coordinator that resumes after a crash asks again for the round it lost: the site
+    sends what it released then, without training again or spending privacy again."""
+    model = build_model(ModelConfig(), seed=0)
+    first = train(site, _train_content(PrivacyConfig(target_epsilon=3.0), model), False)
+    ledger = (site.root / LEDGER_FILE).read_bytes()
+    again = train(site, _train_content(PrivacyConfig(target_epsilon=3.0), model), False)
+    assert model_sha256(again[ARRAYS]) == model_sha256(first[ARRAYS])
+    assert dict(again[METRICS]) == dict(first[METRICS])
+    assert (site.root / LEDGER_FILE).read_bytes() == ledger
+    other_model = build_model(ModelConfig(), seed=1)  # another request: a new release
+    train(site, _train_content(PrivacyConfig(target_epsilon=3.0), other_model), False)
+    assert len(PrivacyLedger(site.root).entries()) == 2

@@ -180,6 +180,7 @@ def build_evidence(records: RunRecords, plan: AcceptancePlan | None = None) -> d
             "data": run["run"]["data"],
             "holdout_sites": sorted(holdout),
             "evaluation_only": run["run"].get("evaluation_only", False),
+            "resumptions": run["run"].get("resumptions", []),
             "timings_s": run.get("timings_s", {}),
         },
         "model": {

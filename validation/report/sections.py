@@ -539,6 +539,18 @@ def training(src: ReportSource) -> Section:
                 "training, so no privacy spent.",
             )
         )
+    for resumption in run.get("resumptions") or []:
+        resumed = as_mapping(resumption)
+        blocks.append(
+            Note(
+                "info",
+                f"The coordinator stopped and the job was resumed after round "
+                f"{resumed.get('after_round')} (Flower run {resumed.get('flower_run')}, "
+                f"{resumed.get('time')}); records of the round cut short are kept apart "
+                "in interrupted.jsonl, and the sites' privacy ledgers count what they "
+                "released in it.",
+            )
+        )
     blocks.append(
         Fields(
             (
