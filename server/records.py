@@ -2,8 +2,10 @@
 
 - ``RUN/rounds.jsonl``: one line per site and phase of each round (metrics or error).
 - ``RUN/wire.jsonl``: every message the coordinator sent and every reply it received:
-  message type, site, and the records (scalar and histogram values in full; arrays as
-  shapes and a SHA-256). What crossed the wire can be audited from it alone.
+  message type, site, its size (``bytes``: the serialized objects Flower transfers for it,
+  its metadata, records and arrays; not HTTP or TLS framing), and the records (scalar and
+  histogram values in full; arrays as shapes and a SHA-256). What crossed the wire can be
+  audited from it alone.
 - the coordinator's audit trail (`task.audit`, hash-chained): every model sent and
   received with its SHA-256, each site that joined, each refusal.
 
@@ -23,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.run import Run
 
 from task.audit import COORDINATOR, AuditEntry, AuditEvent, AuditLog
@@ -198,6 +201,7 @@ class AuditedGrid(Grid):
             "message_type": message.metadata.message_type,
             "node_id": node_id,
             "site": self.site_of.get(node_id),
+            "bytes": message_bytes(message),
         }
         if message.has_error():
             entry["error"] = {"code": message.error.code, "reason": message.error.reason}
@@ -219,6 +223,12 @@ NO_REPLY = "no reply within the timeout"
 def no_reply(sent: Message) -> Message:
     """The error reply standing for a site's silence to ``sent``."""
     return Message(Error(0, NO_REPLY), reply_to=sent)
+
+
+def message_bytes(message: Message) -> int:
+    """Bytes of ``message`` as Flower transfers it: the serialized message and every object
+    nested in it (records, arrays), each once."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
 def _attributed(replies: list[Message], sent: list[Message], sites: set[int]) -> list[Message]:

@@ -213,8 +213,38 @@ class Deployment:
     sites: dict[str, Path]
     root: Path
     processes: list[subprocess.Popen[bytes]]
+    host: str = "0.0.0.0"
     local_ports: dict[str, int] = field(default_factory=dict)
     joined: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def of_phantom_sites(cls, root: Path, seed: int, host: str) -> Deployment:
+        """A consortium (not started) of 3 phantom sites of 40 cases each, under ``root``,
+        every site having approved medfed's app; its coordinator to bind ``host``."""
+        sites = {}
+        for phantom in write_phantom_federation(root / "phantoms", 3, cases_per_site=40, seed=seed):
+            store = SiteStore.create(root / "sites" / phantom.name)
+            ingest_site(store, phantom / "dicom", phantom / "labels.csv", seed=seed)
+            sites[store.site_id] = store.root
+            approve(store.root, build_app_bundle())
+        assert tuple(sites) == SITES
+        consortium = init_consortium(root / "consortium", SITES, "127.0.0.1").root
+        return cls(consortium, _free_port(), sites, root, [], host)
+
+    def start_all(self) -> None:
+        """Start the coordinator and every site; wait until all 3 are online."""
+        self.start_coordinator()
+        for site in self.sites:
+            self.join(site)
+        _wait(lambda: self.online() == 3, 120, "3 sites online")
+
+    def start_coordinator(self, *extra: str) -> subprocess.Popen[bytes]:
+        """`medfed coordinator start` (with ``extra`` options), once it has started."""
+        name = "coordinator" + "".join(extra).replace("--", "-")
+        process = self.start(name, "coordinator", "start", "--consortium", self.consortium,
+                             "--port", self.port, "--host", self.host, *extra)  # fmt: skip
+        _wait(lambda: "newly registered" in self.log(name), 120, "the coordinator")
+        return process
 
     def start(self, name: str, *args: str | Path) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
@@ -281,23 +311,9 @@ def _wait(condition: object, timeout: float, what: str) -> None:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """A consortium of 3 phantom sites (40 cases each) with its coordinator on 0.0.0.0 and
     3 SuperNodes, every site having approved medfed's app. Everything is stopped after."""
-    root = tmp_path_factory.mktemp("deployment")
-    sites = {}
-    for phantom in write_phantom_federation(root / "phantoms", 3, cases_per_site=40, seed=3):
-        store = SiteStore.create(root / "sites" / phantom.name)
-        ingest_site(store, phantom / "dicom", phantom / "labels.csv", seed=3)
-        sites[store.site_id] = store.root
-        approve(store.root, build_app_bundle())
-    assert tuple(sites) == SITES
-    consortium = init_consortium(root / "consortium", SITES, "127.0.0.1").root
-    up = Deployment(consortium, _free_port(), sites, root, [])
+    up = Deployment.of_phantom_sites(tmp_path_factory.mktemp("deployment"), 3, "0.0.0.0")
     try:
-        up.start("coordinator", "coordinator", "start", "--consortium", consortium,
-                 "--port", up.port, "--host", "0.0.0.0")  # fmt: skip
-        _wait(lambda: "newly registered" in up.log("coordinator"), 120, "the coordinator")
-        for site in sites:
-            up.join(site)
-        _wait(lambda: up.online() == 3, 120, "3 sites online")
+        up.start_all()
         yield up
     finally:
         up.stop()
