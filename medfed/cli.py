@@ -566,6 +566,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="set the site's delta (default: 0.1 / training cases)",
     )
     budget.set_defaults(run=_budget)
+
+    drift = site_commands.add_parser(
+        "drift",
+        help="has the site's new data drifted from what the model was validated on?",
+        description="Compares the site's new cases (received over DICOM, not labelled yet) "
+        "with its labelled ones, site-wide and per scanner group: each image's intensity mean "
+        "and standard deviation (stored values, modality units) and the model's score, by "
+        "PSI and two-sample KS on the labelled cases' deciles. Alarm: a shift both "
+        "significant (KS p < 0.001) and material (PSI >= 0.1), or new data from a scanner "
+        "group never validated on. Prints the table, "
+        "keeps the report in SITE/drift-reports/ and records the check in SITE/audit.jsonl. "
+        "Runs at the site; nothing leaves it.",
+    )
+    drift.add_argument("--site-dir", type=Path, required=True, help="the site store")
+    drift.add_argument(
+        "--model", type=Path, required=True, metavar="CKPT", help="the model's checkpoint (.pt)"
+    )
+    drift.add_argument(
+        "--architecture", choices=MODELS, default="blob", help="its architecture (default: blob)"
+    )
+    drift.set_defaults(run=_site_drift)
     add_site_commands(site_commands)
 
     validate = commands.add_parser(
@@ -575,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dict for the same task and architecture) at every site store, with no training and "
         "so no privacy spent, and writes RUN/evidence.json: performance per site, scanner "
         "and subgroup with intervals, and the acceptance results. The operating threshold "
-        "is --threshold if given, else chosen on the sites' training splits.",
+        "is --threshold if given, else chosen on the sites' training splits. Each site also "
+        "checks drift: its new cases (received, not labelled yet) against its labelled ones, "
+        "per scanner group (evidence.drift; the full report stays at the site).",
     )
     validate.add_argument(
         "--model", type=Path, required=True, metavar="CKPT", help="the checkpoint file (.pt)"
@@ -928,6 +951,25 @@ def _simulate(args: argparse.Namespace) -> None:
     _print_evidence(result.evidence)
 
 
+def _site_drift(args: argparse.Namespace) -> None:
+    from flwr.app import ArrayRecord
+
+    from server.checkpoints import load_frozen_model
+    from site_client.drift import check_drift, describe, keep_report
+    from site_client.store import SiteStore
+    from task.model import ModelConfig, build_model
+    from task.signing import model_sha256
+
+    store = SiteStore.open(args.site_dir)
+    config = ModelConfig(architecture=args.architecture)
+    state = load_frozen_model(args.model, config)
+    model = build_model(config)
+    model.load_state_dict(state)
+    report = check_drift(store, model, config.image_size)
+    print(describe(report))
+    _say(f"report kept at {keep_report(store, report, model_sha256(ArrayRecord(state)))}")
+
+
 def _validate(args: argparse.Namespace) -> None:
     from server.checkpoints import load_frozen_model
     from server.server_app import DataProvenance, FederationConfig
@@ -951,6 +993,7 @@ def _validate(args: argparse.Namespace) -> None:
         ),
         frozen_model=args.model.resolve(),
         operating_threshold=args.threshold,
+        check_drift=True,
     )
     stage_acceptance_plan(plan, args.site_dir, args.out)
     result = run_simulated_federation(

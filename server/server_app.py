@@ -8,7 +8,9 @@ A job runs these stages, each a set of messages to the sites (see `task.wire`):
 4. cross-site evaluation: the final global model, every local-only model and any
    reference model (e.g. the pooled-centralized baseline of a simulation) scored at every
    site, as score histograms per stratum;
-5. records: ``run.json``, ``site-aggregates/<site>.json`` and ``evidence.json``.
+5. drift (with ``check_drift``): each site compares its new, unlabelled cases with its
+   labelled ones for the final (or frozen) model; ``drift.json`` holds what they report;
+6. records: ``run.json``, ``site-aggregates/<site>.json`` and ``evidence.json``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from task.training import TrainingConfig
 from task.wire import (
     ARRAYS,
     CONFIG,
+    DRIFT,
     EPOCHS_KEY,
     GLOBAL_MODEL,
     HISTOGRAMS_PREFIX,
@@ -68,6 +71,7 @@ from task.wire import (
     METRICS,
     MODEL_CONFIG_PREFIX,
     MODEL_PREFIX,
+    MSG_DRIFT,
     MSG_EVALUATE_STRATA,
     MSG_TRAIN_LOCAL,
     SEED_KEY,
@@ -77,6 +81,7 @@ from task.wire import (
 from validation.evidence import write_evidence
 
 RUN_RECORD_FILE = "run.json"
+DRIFT_FILE = "drift.json"
 AGGREGATES_DIR = "site-aggregates"
 Progress = Callable[[str], None]
 
@@ -121,6 +126,8 @@ class FederationConfig:
     audit_log: the coordinator's audit trail (`task.audit`); default ``RUN/audit.jsonl``.
     resume: continue the interrupted job in ``run_dir`` from its last finished round
         (`server.resume`) instead of starting afresh.
+    check_drift: ask every site how far its new data drifted from its labelled data for
+        the final model (`site_client.drift`), into ``RUN/drift.json``.
     """
 
     run_dir: Path
@@ -141,6 +148,7 @@ class FederationConfig:
     signing_key: Path | None = None
     audit_log: Path | None = None
     resume: bool = False
+    check_drift: bool = False
 
     @property
     def trains_local_baselines(self) -> bool:
@@ -263,6 +271,9 @@ class FederatedJob:
             models[name] = self._arrays_of(name)
         with self._stage("cross-site evaluation", grid):
             self._evaluate_everywhere(grid, sites, models)
+        if config.check_drift:
+            with self._stage("drift", grid):
+                self._check_drift(grid, sites, models[GLOBAL_MODEL])
 
         record = self._run_record(sites, model, final_name, local_models)
         (config.run_dir / RUN_RECORD_FILE).write_text(json.dumps(record, indent=2))
@@ -460,6 +471,23 @@ class FederatedJob:
                 }
                 aggregate["suppressed"] = list(reply.content[SUPPRESSED]["strata"])
             (folder / f"{site}.json").write_text(json.dumps(aggregate))
+
+    def _check_drift(self, grid: AuditedGrid, sites: list[SiteProfile], model: ArrayRecord) -> None:
+        """Every site's drift report for ``model``, as received, into ``RUN/drift.json``."""
+        content = RecordDict(
+            {ARRAYS: model, CONFIG: ConfigRecord(to_config(self.config.model, MODEL_CONFIG_PREFIX))}
+        )
+        reports: dict[str, Any] = {}
+        for site, reply in self._exchange(grid, sites, MSG_DRIFT, content).items():
+            if reply.has_error():
+                reports[site] = {"error": reply.error.reason}
+            else:
+                reports[site] = dict(reply.content[DRIFT])
+        alarms = sorted(site for site, report in reports.items() if report.get("alarm"))
+        self.progress(
+            "drift: alarm at " + ", ".join(alarms) if alarms else "drift: no alarm at any site"
+        )
+        (self.config.run_dir / DRIFT_FILE).write_text(json.dumps(reports, indent=2))
 
     def _exchange(
         self, grid: AuditedGrid, sites: list[SiteProfile], message_type: str, content: RecordDict

@@ -10,6 +10,9 @@ It answers the coordinator's messages (`task.wire`) from the site store:
   refuses (error code `task.privacy.PRIVACY_REFUSED`, with the reason) one it does not allow.
 - ``evaluate``: the global model's loss and score histograms on the test split.
 - ``evaluate.strata``: score histograms of one or more models per stratum.
+- ``query.drift``: how far the site's new (received, unlabelled) cases have drifted from
+  its labelled ones, for the model sent (`site_client.drift`); the full report stays at
+  the site (``SITE/drift-reports/``), its trail records the check.
 
 Every reply passes the site's egress guard (`site_client.egress`). A failure becomes an
 error reply with a one-line reason; the full traceback stays in the site's log. Evaluation
@@ -30,6 +33,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from site_client.dataset import load_split
+from site_client.drift import check_drift, keep_report
 from site_client.egress import EgressGuard
 from site_client.evaluation import class_histograms, stratified_histograms
 from site_client.ledger import PrivacyLedger
@@ -61,6 +65,7 @@ from task.training import TrainingConfig, derive_seed
 from task.wire import (
     ARRAYS,
     CONFIG,
+    DRIFT,
     EPOCHS_KEY,
     HISTOGRAMS_PREFIX,
     METRICS,
@@ -143,6 +148,7 @@ def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
     app.train("local")(handler(lambda store, content: train(store, content, local_only=True)))
     app.evaluate()(handler(evaluate_round))
     app.evaluate("strata")(handler(evaluate_strata))
+    app.query("drift")(handler(drift_query))
     return app
 
 
@@ -336,6 +342,17 @@ def evaluate_strata(store: SiteStore, content: RecordDict) -> RecordDict:
         reply[HISTOGRAMS_PREFIX + name] = MetricRecord(histograms)
     reply[SUPPRESSED] = ConfigRecord({"strata": sorted(suppressed)})
     return reply
+
+
+def drift_query(store: SiteStore, content: RecordDict) -> RecordDict:
+    """The site's drift check with the received model (`site_client.drift`): the report is
+    kept at the site and audited; statistics and counts of at least the minimum cell size
+    leave it."""
+    model_config = from_config(ModelConfig, content[CONFIG], MODEL_CONFIG_PREFIX)
+    model = _received_model(content[ARRAYS], model_config)
+    report = check_drift(store, model, model_config.image_size)
+    keep_report(store, report, model_sha256(content[ARRAYS]))
+    return RecordDict({DRIFT: ConfigRecord(report.to_config(store.policy.min_cell_size))})
 
 
 def _received_model(arrays: ArrayRecord, config: ModelConfig) -> nn.Module:

@@ -17,10 +17,13 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from task.wire import (
     ARRAYS,
+    DRIFT,
+    DRIFT_KEYS,
     EVALUATE_METRIC_KEYS,
     HISTOGRAMS_PREFIX,
     METRICS,
     MODEL_PREFIX,
+    MSG_DRIFT,
     MSG_EVALUATE,
     MSG_EVALUATE_STRATA,
     MSG_PROFILE,
@@ -95,6 +98,10 @@ def check_reply(request: Message, reply: Message, min_cell_size: int) -> None:
             _check_stratified_histograms(name, record, min_cell_size)
         if SUPPRESSED in content:
             _expect_keys(content[SUPPRESSED], frozenset({"strata"}), SUPPRESSED)
+    elif message_type == MSG_DRIFT:
+        _expect_records(content, {DRIFT: ConfigRecord})
+        _expect_keys(content[DRIFT], DRIFT_KEYS, DRIFT)
+        _check_drift_counts(content[DRIFT], min_cell_size)
     else:
         raise EgressViolation(f"no reply may leave for message type {message_type!r}")
 
@@ -151,6 +158,15 @@ def _check_subgroup_counts(profile: ConfigRecord, min_cell_size: int) -> None:
             raise EgressViolation(
                 f"{PROFILE} {key}: a count of {small[0]} is below the minimum cell size"
             )
+
+
+def _check_drift_counts(drift: ConfigRecord, min_cell_size: int) -> None:
+    counts = [drift.get("n-new", 0)]
+    for key in ("n-reference-of", "n-new-of", "unvalidated-n"):
+        counts += list(drift.get(key, []))  # type: ignore[call-overload]
+    small = [n for n in counts if 0 < int(n) < min_cell_size]  # type: ignore[call-overload]
+    if small:
+        raise EgressViolation(f"{DRIFT}: a count of {small[0]} is below the minimum cell size")
 
 
 def _check_stratified_histograms(name: str, record: MetricRecord, min_cell_size: int) -> None:

@@ -48,6 +48,7 @@ class AuditEvent(StrEnum):
     COORDINATOR_STARTED = "coordinator started"
     SITE_REGISTERED = "site registered"
     RUN_SUBMITTED = "run submitted"
+    DRIFT_CHECKED = "drift checked"
 
 
 Detail = str | int | float | bool | None

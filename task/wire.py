@@ -24,12 +24,15 @@ MSG_TRAIN_LOCAL = "train.local"
 MSG_EVALUATE = "evaluate"
 #: Stratified score histograms of one or more models on the site's data.
 MSG_EVALUATE_STRATA = "evaluate.strata"
+#: Drift of the site's new (received, unlabelled) data from its labelled data, for a model.
+MSG_DRIFT = "query.drift"
 
 # --- record keys -------------------------------------------------------------------------
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 PROFILE = "profile"
+DRIFT = "drift"
 #: Key of the MetricRecord holding the histograms of the model named ``name``.
 HISTOGRAMS_PREFIX = "histograms:"
 #: Key of the ArrayRecord holding a model to evaluate in MSG_EVALUATE_STRATA.
@@ -96,6 +99,29 @@ PROFILE_KEYS = frozenset(
         # The head of the site's audit trail (task.audit): entries and last hash.
         "audit-entries",
         "audit-head",
+    }
+)
+#: ConfigRecord DRIFT of an MSG_DRIFT reply (`site_client.drift`): statistics and counts of
+#: at least the minimum cell size. Lists are parallel: groups[i], features[i] compared over
+#: n-reference-of[i] and n-new-of[i] cases give psi[i], ks[i], ks-p[i], alarms[i];
+#: unvalidated-scanners[j] has unvalidated-n[j] new cases (0: fewer than the minimum cell
+#: size, withheld); too-small names groups not compared. n-new is 0 below the minimum.
+DRIFT_KEYS = frozenset(
+    {
+        "alarm",
+        "n-reference",
+        "n-new",
+        "groups",
+        "features",
+        "n-reference-of",
+        "n-new-of",
+        "psi",
+        "ks",
+        "ks-p",
+        "alarms",
+        "unvalidated-scanners",
+        "unvalidated-n",
+        "too-small",
     }
 )
 #: The privacy record of a release trained with DP-SGD at the site: this run's epsilon at

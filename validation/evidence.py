@@ -31,6 +31,7 @@ from task.wire import (
 )
 from validation.acceptance import AcceptancePlan, default_plan, evaluate_plan, read_plan_record
 from validation.calibration import assess_calibration
+from validation.drift import KS_ALARM_P, PSI_ALARM
 from validation.heterogeneity import (
     META_METRICS,
     delong_difference_test,
@@ -64,6 +65,7 @@ class RunRecords:
     run: dict[str, Any]
     aggregates: dict[str, dict[str, Any]]
     rounds: list[dict[str, Any]]
+    drift: dict[str, dict[str, Any]] | None = None
 
 
 def load_run(run_dir: Path) -> RunRecords:
@@ -76,13 +78,15 @@ def load_run(run_dir: Path) -> RunRecords:
         }
         rounds_path = run_dir / "rounds.jsonl"
         rounds = [json.loads(line) for line in rounds_path.read_text().splitlines() if line]
+        drift_path = run_dir / "drift.json"
+        drift = json.loads(drift_path.read_text()) if drift_path.exists() else None
     except FileNotFoundError as exc:
         raise EvidenceError(
             f"{run_dir}: incomplete run directory ({exc.filename} missing)"
         ) from exc
     except json.JSONDecodeError as exc:
         raise EvidenceError(f"{run_dir}: a record is not valid JSON ({exc})") from exc
-    return RunRecords(run, aggregates, rounds)
+    return RunRecords(run, aggregates, rounds, drift)
 
 
 def write_evidence(run_dir: Path) -> Path:
@@ -216,11 +220,61 @@ def build_evidence(records: RunRecords, plan: AcceptancePlan | None = None) -> d
         "baselines": _baselines(histograms, models, site_ids),
         "rounds": _rounds(records.rounds),
     }
+    if records.drift is not None:
+        evidence["drift"] = _drift(records.drift)
     # --- acceptance (validation.acceptance) ---
     plan = plan or default_plan()
     evidence["acceptance_plan"] = plan.provenance()
     evidence["acceptance"] = evaluate_plan(plan, evidence)
     return evidence
+
+
+DRIFT_METHOD = (
+    "per site and scanner group, new (received, unlabelled) cases against the labelled "
+    "ones on image intensity mean and standard deviation and on the model's score: PSI and "
+    f"two-sample KS on the reference's decile bins; alarm when KS p < {KS_ALARM_P} and PSI "
+    f">= {PSI_ALARM}, or when new data come from a scanner group never validated on"
+)
+
+
+def _drift(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The drift section: each site's report as its parallel lists became rows."""
+    sites: dict[str, Any] = {}
+    for site, report in sorted(reports.items()):
+        if "error" in report:
+            sites[site] = {"error": report["error"]}
+            continue
+        columns = (
+            "groups",
+            "features",
+            "n-reference-of",
+            "n-new-of",
+            "psi",
+            "ks",
+            "ks-p",
+            "alarms",
+        )
+        names = ("group", "feature", "n_reference", "n_new", "psi", "ks", "ks_p", "alarm")
+        rows = zip(*(report.get(c, []) for c in columns), strict=True)
+        sites[site] = {
+            "alarm": bool(report.get("alarm")),
+            "n_new": report.get("n-new", 0) or None,
+            "comparisons": [dict(zip(names, row, strict=True)) for row in rows],
+            "unvalidated_scanners": {
+                name: (n or None)
+                for name, n in zip(
+                    report.get("unvalidated-scanners", []),
+                    report.get("unvalidated-n", []),
+                    strict=True,
+                )
+            },
+            "too_small": list(report.get("too-small", [])),
+        }
+    return {
+        "method": DRIFT_METHOD,
+        "alarm_sites": sorted(s for s, r in sites.items() if r.get("alarm")),
+        "sites": sites,
+    }
 
 
 Histograms = dict[tuple[str, str, str], ScoreHistogram]  # (split, stratum, site) -> histogram

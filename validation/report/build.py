@@ -32,6 +32,7 @@ BUILDERS = (
     results.calibration,
     results.subgroups,
     results.acceptance,
+    results.drift,
     results.limitations,
     principles.principles,
 )

@@ -20,7 +20,7 @@ from validation.report.blocks import (
     not_available,
     row,
 )
-from validation.report.fmt import bounds, estimate, general, is_number, number, p_value, percent
+from validation.report.fmt import NA, bounds, estimate, general, is_number, number, p_value, percent
 from validation.report.sections import (
     SIMULATED,
     as_mapping,
@@ -434,6 +434,52 @@ def _scopes(data: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
     for column, strata in as_mapping(perf.get("by_subgroup")).items():
         for value, result in as_mapping(strata).items():
             yield f"{column} {value}", as_mapping(result)
+
+
+def drift(src: ReportSource) -> Section:
+    """Data drift at the sites (evidence.drift, from evaluation-only jobs)."""
+    section = as_mapping(src.data.get("drift"))
+    if not section:
+        note = Note(
+            "info",
+            "Drift was not checked in this job: an evaluation-only job (medfed validate) asks "
+            "every site to compare its new, unlabelled cases with its labelled ones.",
+        )
+        return Section("sec-drift", "Data drift at the sites", (note,))
+    rows: list[Row] = []
+    for site, report in sorted(as_mapping(section.get("sites")).items()):
+        report = as_mapping(report)
+        if "error" in report:
+            rows.append(row(site, Cell("not checked", css="na"), NA, general(report["error"])))
+            continue
+        shifted = [
+            f"{c.get('group')}: {c.get('feature')} (PSI {number(c.get('psi'), 2)}, "
+            f"KS p {p_value(c.get('ks_p'))})"
+            for c in map(as_mapping, report.get("comparisons") or [])
+            if c.get("alarm")
+        ]
+        shifted += [
+            f"{scanner}: never validated on"
+            for scanner in as_mapping(report.get("unvalidated_scanners"))
+        ]
+        alarm = bool(report.get("alarm"))
+        rows.append(
+            row(
+                site,
+                Cell("ALARM" if alarm else "no alarm", css="fail" if alarm else "pass"),
+                general(report.get("n_new")),
+                "; ".join(shifted) or "none",
+            )
+        )
+    table = Table(
+        "Drift of each site's new (received, not yet labelled) cases from its labelled cases",
+        "drift.sites",
+        ("Site", "Result", "New cases", "Shifts"),
+        tuple(rows),
+    )
+    return Section(
+        "sec-drift", "Data drift at the sites", (Text(general(section.get("method"))), table)
+    )
 
 
 def limitations(src: ReportSource) -> Section:
