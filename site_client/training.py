@@ -132,13 +132,18 @@ def _add_proximal_gradient(model: nn.Module, start: list[torch.Tensor], mu: floa
                 p.grad.add_(p - s, alpha=mu)
 
 
-@torch.no_grad()
 def predict_logits(model: nn.Module, data: SiteData, batch_size: int = 256) -> np.ndarray:
     """The model's logit for every case of ``data``, in order: (N,) float64."""
+    return image_logits(model, data.images, batch_size)
+
+
+@torch.no_grad()
+def image_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """The model's logit for every image of ``images`` (N, 1, S, S), in order: (N,) float64."""
     model.eval()
-    if len(data) == 0:
+    if len(images) == 0:
         return np.empty(0, dtype=np.float64)
-    out = [model(chunk).squeeze(1) for chunk in data.images.split(batch_size)]
+    out = [model(chunk).squeeze(1) for chunk in images.split(batch_size)]
     return torch.cat(out).double().numpy()
 
 
