@@ -437,7 +437,9 @@ def _scopes(data: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
 
 
 def drift(src: ReportSource) -> Section:
-    """Data drift at the sites (evidence.drift, from evaluation-only jobs)."""
+    """Data drift at the sites.
+
+    From evidence.drift, which evaluation-only jobs (`medfed validate`) fill."""
     section = as_mapping(src.data.get("drift"))
     if not section:
         note = Note(
