@@ -8,15 +8,20 @@
 2. Server side: each page run by Streamlit's AppTest, first with the run not yet loaded
    (reading and parsing evidence.json included), then again (loaded).
 3. In a browser: ``medfed dashboard`` serving the run, each page opened in a fresh headless
-   Chromium (Streamlit's frontend loaded from scratch) until its charts are drawn, and each
+   Chromium (Streamlit's frontend loaded from scratch) until it is drawn (its charts drawn,
+   no element still a loading placeholder: `dashboards.browser_check`), and each
    page reached through the sidebar from the one before (what a user waits for).
 
 Prints a Markdown report for docs/benchmarks.md. With ``--runs``, benchmarks those run
 directories instead of a synthesised one; with ``--screenshots DIR``, saves a screenshot of
 each page there (docs/dashboard/ holds the demo's).
 
+Browser times are the median (and range) of ``--repeat`` loads of each page, the pages in
+turn; the first page opened after the dashboard started is timed apart (the server's first
+run). The load average is printed with them: the machine may be busy with other work.
+
 Usage: python benchmarks/bench_dashboard.py [--sites 20] [--rounds 100] [--out DIR]
-       [--runs RUN ...] [--screenshots DIR] [--no-browser]
+       [--runs RUN ...] [--screenshots DIR] [--no-browser] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import math
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -399,23 +405,37 @@ def _dashboard(runs: Sequence[Path]) -> Iterator[str]:
 
 
 def browser_times(
-    runs: Sequence[Path], screenshots: Path | None
-) -> dict[str, tuple[float, float, int]]:
-    """Per page: seconds until its charts were drawn when opened in a fresh browser, and
-    when reached through the sidebar from the page before; and its charts."""
+    runs: Sequence[Path], screenshots: Path | None, repeat: int = 1
+) -> tuple[dict[str, tuple[list[float], list[float], int]], float]:
+    """Per page: seconds until it was drawn when opened in a fresh browser, and when reached
+    through the sidebar from the page before (``repeat`` times each, the pages in turn); its
+    charts. Also the seconds until the first page was drawn on the server just started."""
     if screenshots is not None:
         screenshots.mkdir(parents=True, exist_ok=True)
-    times = {}
+    times: dict[str, tuple[list[float], list[float], int]] = {}
     with _dashboard(runs) as base:
-        for i, page in enumerate(PAGES):
-            shot = screenshots / f"{page.url_path}.png" if screenshots else None
-            check = check_page(base, page, shot)
-            if check.errors or check.foreign_requests or check.log.figures < 1:
-                raise RuntimeError(f"{page.title}: {check.errors + check.foreign_requests}")
-            before = PAGES[i - 1]
-            hop = browse(page_url(base, before), navigation_expression(before, page))
-            times[page.title] = (check.log.ready_s, hop.ready_value["ms"] / 1000, check.log.figures)
-    return times
+        first = check_page(base, PAGES[0]).log.ready_s
+        for _ in range(repeat):
+            for i, page in enumerate(PAGES):
+                shot = screenshots / f"{page.url_path}.png" if screenshots else None
+                check = check_page(base, page, shot)
+                if check.errors or check.foreign_requests or check.log.figures < 1:
+                    raise RuntimeError(f"{page.title}: {check.errors + check.foreign_requests}")
+                before = PAGES[i - 1]
+                hop = browse(page_url(base, before), navigation_expression(before, page))
+                fresh, hops, _ = times.setdefault(page.title, ([], [], check.log.figures))
+                fresh.append(check.log.ready_s)
+                hops.append(hop.ready_value["ms"] / 1000)
+    return times, first
+
+
+def _spread(values: Sequence[float]) -> str:
+    """ "median (min-max)" of ``values``, or the one value."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def frontend_time() -> float:
@@ -437,6 +457,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, nargs="+", help="benchmark these runs instead")
     parser.add_argument("--screenshots", type=Path, help="save a screenshot of each page here")
     parser.add_argument("--no-browser", action="store_true", help="AppTest times only")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="browser loads per page (median and range)"
+    )
     args = parser.parse_args()
 
     if args.runs:
@@ -455,11 +478,15 @@ def main() -> None:
             f"{sum(1 for _ in (runs[0] / 'rounds.jsonl').open())} records)"
         )
     server = apptest_times(runs)
-    browser = {} if args.no_browser else browser_times(runs, args.screenshots)
+    load_start = os.getloadavg()[0]
+    browser, first = (
+        ({}, math.nan) if args.no_browser else browser_times(runs, args.screenshots, args.repeat)
+    )
     frontend = math.nan if args.no_browser else frontend_time()
     print(
         f"Run on {datetime.now(UTC).date()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}: {what}.\n"
+        f"Python {platform.python_version()}, load average (1 min) {load_start:.1f} before the "
+        f"browser runs and {os.getloadavg()[0]:.1f} after: {what}.\n"
     )
     print(
         "| page | AppTest, not loaded (s) | AppTest, loaded (s) | browser, fresh (s) | "
@@ -468,11 +495,16 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for page in PAGES:
         cold, warm = server[page.title]
-        fresh, hop, charts = browser.get(page.title, (math.nan, math.nan, 0))
-        print(f"| {page.title} | {cold:.2f} | {warm:.2f} | {fresh:.2f} | {hop:.2f} | {charts} |")
+        fresh, hops, charts = browser.get(page.title, ([], [], 0))
+        print(
+            f"| {page.title} | {cold:.2f} | {warm:.2f} | {_spread(fresh)} | {_spread(hops)} | "
+            f"{charts} |"
+        )
     print(
-        f"\nFor comparison, a page without charts (a run directory without evidence) is drawn "
-        f"in {frontend:.2f} s in a fresh browser: Streamlit's frontend itself."
+        f"\nBrowser times: median (fastest-slowest) of {args.repeat} loads each. The first "
+        f"page opened after the dashboard started was drawn in {first:.2f} s. For "
+        f"comparison, a page without charts (a run directory without evidence) is drawn in "
+        f"{frontend:.2f} s in a fresh browser: Streamlit's frontend itself."
     )
 
 

@@ -20,8 +20,9 @@ READY_TIMEOUT_MS = 60_000
 
 #: A JavaScript function (end text, timeout in ms) returning a promise that resolves, once
 #: the page is drawn, to its number of drawn charts (-1 after the timeout): the page's end
-#: (`PageSpec.end_text`) shown, and every chart's element (found by its key,
-#: `CHART_KEY_PREFIX`) holding a drawn Plotly SVG.
+#: (`PageSpec.end_text`) shown, every chart's element (found by its key,
+#: `CHART_KEY_PREFIX`) holding a drawn Plotly SVG, and no element still a placeholder
+#: (Streamlit shows a skeleton until an element's code has loaded: tables, metrics, widgets).
 _WAIT_DRAWN = f"""(end, timeout) => new Promise(resolve => {{
   const started = Date.now();
   const poll = () => {{
@@ -29,7 +30,9 @@ _WAIT_DRAWN = f"""(end, timeout) => new Promise(resolve => {{
       '[data-testid="stElementContainer"][class*="st-key-{CHART_KEY_PREFIX}"]');
     const drawn = Array.from(charts).filter(c => c.querySelector('.main-svg')).length;
     const shown = document.body.innerText.includes(end);
-    if (shown && drawn === charts.length) resolve(drawn);
+    const loading = document.querySelector(
+      '[data-testid="stSkeleton"], [data-testid="stSkeletonElement"]');
+    if (shown && drawn === charts.length && !loading) resolve(drawn);
     else if (Date.now() - started > timeout) resolve(-1);
     else setTimeout(poll, 50);
   }};

@@ -94,6 +94,11 @@ def _finish(fig: go.Figure, title: str = "", height: int = 420, **layout: object
         legend={"orientation": "v"},
         **layout,
     )
+    # Plotly's default hides tick labels that overflow the figure, measuring every label of
+    # an axis again after each label is placed (thousands of text measurements per page,
+    # each forcing the browser's layout); the margins grow to fit the labels anyway.
+    fig.update_xaxes(ticklabeloverflow="allow")
+    fig.update_yaxes(ticklabeloverflow="allow")
     return fig
 
 

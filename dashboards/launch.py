@@ -2,7 +2,8 @@
 
 Streamlit runs as a child process with its settings on the command line (they override any
 ``.streamlit/config.toml``): bound to one address and port, headless, no usage statistics,
-no file watcher, the toolbar reduced to the viewer's. Its web page is served from the
+no file watcher, the toolbar reduced to the viewer's. It serves the app through
+`dashboards.server`, which loads the runs while it starts. Its web page is served from the
 installed package (no CDN, no external fonts); the browser test checks that the page
 requests nothing beyond the dashboard's own address.
 """
@@ -23,6 +24,9 @@ from types import FrameType
 
 #: The Streamlit script of the dashboard.
 APP = Path(__file__).with_name("app.py")
+#: What Streamlit serves: `APP` as an ``st.App`` that loads the runs while it starts
+#: (`dashboards.server`).
+SERVER = Path(__file__).with_name("server.py")
 DEFAULT_PORT = 8501
 DEFAULT_ADDRESS = "127.0.0.1"
 #: How long Streamlit may take to answer its health check before the launch fails.
@@ -98,7 +102,8 @@ def streamlit_command(
         "logger.level": "info" if debug else "error",
     }
     flags = [item for key, value in options.items() for item in (f"--{key}", str(value))]
-    return [sys.executable, "-m", "streamlit", "run", str(APP), *flags, "--", *map(str, run_dirs)]
+    command = [sys.executable, "-m", "streamlit", "run", str(SERVER), *flags]
+    return [*command, "--", *map(str, run_dirs)]
 
 
 def wait_until_up(

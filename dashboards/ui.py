@@ -50,9 +50,10 @@ def _load(path: Path) -> RunDir:
     return _load_cached(str(path), file_signature(path))
 
 
-def runs() -> list[RunDir]:
-    """Every run directory given, loaded and labelled."""
-    return load_runs(run_paths(), _load)
+def runs(paths: Sequence[Path] | None = None) -> list[RunDir]:
+    """Every run directory given (``paths``, by default those on the command line), loaded
+    (once per state of its files) and labelled."""
+    return load_runs(run_paths() if paths is None else paths, _load)
 
 
 def sidebar(all_runs: list[RunDir]) -> None:
