@@ -18,7 +18,20 @@ from typing import TYPE_CHECKING
 
 from medfed.deploy_commands import add_coordinator_commands, add_site_commands
 from medfed.progress import CountProgress
+from task.architectures import (
+    CLASSIFICATION,
+    DEFAULT_MODELS,
+    MODEL_ZOO,
+    SEGMENTATION,
+    TASKS,
+    DPSGDUnsupported,
+    check_dp_sgd,
+    check_task,
+    model_help,
+    models_for,
+)
 from task.runtime import apply_offline_environment
+from task.training import RECIPES
 
 if TYPE_CHECKING:
     from task.privacy import PrivacyConfig
@@ -26,8 +39,14 @@ if TYPE_CHECKING:
 #: server.strategies.STRATEGY_NAMES, repeated so that --help need not import Flower
 #: (tests/test_cli.py checks that the two agree).
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
-#: task.model.ARCHITECTURES' names, for the same reason.
-MODELS = ("blob", "cnn")
+#: The model zoo's names (task.architectures, which imports no torch).
+MODELS = tuple(MODEL_ZOO)
+#: Its classifiers: what drift checks score.
+CLASSIFIERS = models_for(CLASSIFICATION)
+#: Each task's privacy budget unless --epsilon says otherwise: DP-SGD at epsilon 8 for
+#: classification; none for segmentation, whose U-Net learns nothing under DP-SGD at
+#: epsilon 8 on the phantoms (it predicts no lesion anywhere; README, Segmentation).
+DEFAULT_EPSILON = {CLASSIFICATION: 8.0, SEGMENTATION: math.inf}
 
 
 def _positive_int(text: str) -> int:
@@ -74,11 +93,11 @@ def _add_privacy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--epsilon",
         type=_epsilon,
-        default=8.0,
         metavar="E",
         help="privacy budget of the run: with --dp local, what each site may spend on all it "
         "trains in the run (local-only baseline and every round); 'inf' trains without DP "
-        "(default: 8)",
+        "(default: 8 for classification; inf for segmentation, whose U-Net learns nothing "
+        "under DP-SGD at epsilon 8 on the phantoms: README, Segmentation)",
     )
     group.add_argument(
         "--dp",
@@ -116,11 +135,12 @@ def _privacy_config(args: argparse.Namespace) -> PrivacyConfig:
 
     from task.privacy import PrivacyConfig
 
-    if math.isinf(args.epsilon) and args.noise_multiplier:
+    epsilon = DEFAULT_EPSILON[args.task] if args.epsilon is None else args.epsilon
+    if math.isinf(epsilon) and args.noise_multiplier:
         raise _Usage("--noise-multiplier needs a finite --epsilon or none")
     try:
-        return PrivacyConfig.for_epsilon(
-            args.epsilon,
+        config = PrivacyConfig.for_epsilon(
+            epsilon,
             mode=args.dp,
             noise_multiplier=args.noise_multiplier,
             max_grad_norm=args.max_grad_norm,
@@ -129,21 +149,52 @@ def _privacy_config(args: argparse.Namespace) -> PrivacyConfig:
         )
     except ValueError as exc:
         raise _Usage(str(exc)) from exc
+    try:
+        check_dp_sgd(args.model, config.mode)
+    except DPSGDUnsupported as exc:
+        raise _Usage(str(exc)) from exc
+    return config
+
+
+def _add_task_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default=CLASSIFICATION,
+        help="classification: one score per image (AUC, sensitivity, specificity); "
+        "segmentation: a lesion mask per image, trained on the sites' masks (Dice, HD95) "
+        "(default: classification)",
+    )
+
+
+def _resolve_model(args: argparse.Namespace, attribute: str) -> None:
+    """Set ``args.<attribute>`` (``--model``, or validate's ``--architecture``) to the
+    default model of ``--task`` when not given; `_Usage` when it does another task."""
+    name = getattr(args, attribute) or DEFAULT_MODELS[args.task]
+    try:
+        check_task(name, args.task)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from exc
+    setattr(args, attribute, name)
 
 
 def _add_federation_options(parser: argparse.ArgumentParser) -> None:
+    _add_task_option(parser)
     parser.add_argument(
         "--model",
         choices=MODELS,
-        default="blob",
-        help="blob: fixed blob detectors and 257 trainable parameters, made for DP; cnn: a "
-        "small CNN (needs far more data under DP) (default: blob)",
+        help=f"the model, trained with its recipe (batch, learning rate, epochs): {model_help()}"
+        " (default: --task's, "
+        + ", ".join(f"{model} for {task}" for task, model in DEFAULT_MODELS.items())
+        + ")",
     )
     parser.add_argument(
         "--local-epochs",
         type=_positive_int,
         metavar="E",
-        help="epochs per round (default: the model's recipe: blob 1, cnn 4)",
+        help="epochs per round (default: the model's recipe: "
+        + ", ".join(f"{name} {r.local_epochs}" for name, r in RECIPES.items())
+        + ")",
     )
     parser.add_argument(
         "--rounds",
@@ -173,6 +224,59 @@ def _add_acceptance_option(parser: argparse.ArgumentParser) -> None:
         "evidence says pass or fail to; checked before anything runs (default: medfed's plan, "
         "validation/plans/default.toml)",
     )
+
+
+# --- quantize (site_client.quantization) ---
+def _add_quantize_command(commands: argparse._SubParsersAction) -> None:
+    quantize = commands.add_parser(
+        "quantize",
+        help="an int8 version of a run's final model, for inference at the edge",
+        description="Quantizes the final model that RUN/evidence.json names (its checkpoint's "
+        "SHA-256 checked) into FILE, a TorchScript file (torch.jit.load opens it without "
+        "medfed), and writes FILE's record beside it (.json: SHA-256 and size of both files, "
+        "scheme, calibration). Convolutional models: static post-training quantization for "
+        "x86 CPUs of the convolutions and linear layers (int8 weights and inputs), whose "
+        "input ranges are calibrated on the training images of --site-dir (they stay at the "
+        "site; the ranges in FILE are not DP-protected: keep FILE at the site). vit: dynamic "
+        "quantization of its linear layers, no calibration. docs/benchmarks.md has each "
+        "model's AUC and latency, float and int8.",
+    )
+    quantize.add_argument("run_dir", type=Path, metavar="RUN", help="run directory (evidence.json)")
+    quantize.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the int8 model file to write"
+    )
+    quantize.add_argument(
+        "--site-dir",
+        type=Path,
+        metavar="SITE",
+        help="the site store whose training images calibrate the ranges (required but for vit)",
+    )
+    quantize.add_argument(
+        "--calibration-cases",
+        type=_positive_int,
+        default=128,
+        metavar="N",
+        help="training cases to calibrate on, at most (default: 128)",
+    )
+    quantize.set_defaults(run=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from site_client.quantization import write_int8_model
+
+    record = write_int8_model(args.run_dir, args.out, args.site_dir, args.calibration_cases)
+    calibration = (
+        f"calibrated on {record.calibration['cases']} training cases of site "
+        f"{record.calibration['site']}"
+        if record.calibration
+        else "no calibration"
+    )
+    print(
+        f"int8 model ({record.architecture}, {record.scheme} quantization, {calibration}): "
+        f"{args.out} ({record.bytes:,} bytes; float checkpoint {record.source_bytes:,} bytes)"
+    )
+    print(f"sha256: {record.sha256}")
+    print(f"record: {args.out.with_suffix('.json')}")
 
 
 # --- report (validation.report) ---
@@ -368,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Phantom hospitals -> ingest at each site -> federated training with "
         "DP-SGD at every site (epsilon 8 by default) on Flower's simulation runtime, with "
         "local-only and pooled-centralized baselines -> cross-site validation -> "
-        "RUN/evidence.json, and a per-site, per-scanner table.",
+        "RUN/evidence.json, and a per-site, per-scanner table. --task segmentation trains a "
+        "U-Net on the phantoms' lesion masks (without DP unless --epsilon is given) and "
+        "reports Dice and HD95 with their intervals.",
     )
     demo.add_argument(
         "--out",
@@ -584,7 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", type=Path, required=True, metavar="CKPT", help="the model's checkpoint (.pt)"
     )
     drift.add_argument(
-        "--architecture", choices=MODELS, default="blob", help="its architecture (default: blob)"
+        "--architecture",
+        choices=CLASSIFIERS,
+        default="blob",
+        help="its architecture, a classifier (default: blob)",
     )
     drift.set_defaults(run=_site_drift)
     add_site_commands(site_commands)
@@ -606,9 +715,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--architecture",
         choices=MODELS,
-        default="blob",
-        help="the checkpoint's architecture (default: blob)",
+        help=f"the checkpoint's architecture: {', '.join(MODELS)} (default: --task's, "
+        + ", ".join(f"{model} for {task}" for task, model in DEFAULT_MODELS.items())
+        + ")",
     )
+    _add_task_option(validate)
     validate.add_argument(
         "--site-dir",
         type=Path,
@@ -666,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_federation_options(simulate)
     _add_acceptance_option(simulate)
     simulate.set_defaults(run=_simulate)
+    _add_quantize_command(commands)
     _add_report_command(commands)
     _add_audit_command(commands)
     _add_consortium_command(commands)
@@ -923,7 +1035,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
     if len(args.site_dir) < 2:
         raise _Usage("a federation needs at least two --site-dir")
-    plan = resolve_plan(args.acceptance)
+    plan = resolve_plan(args.acceptance, args.task)
     provenance = DataProvenance(
         description="site stores " + ", ".join(d.name for d in args.site_dir),
         simulated=args.simulated_data,
@@ -979,7 +1091,10 @@ def _validate(args: argparse.Namespace) -> None:
     from task.privacy import PrivacyConfig
     from validation.acceptance import resolve_plan
 
-    plan = resolve_plan(args.acceptance)
+    classification = args.task == CLASSIFICATION
+    if args.threshold is not None and not classification:
+        raise _Usage("--threshold is a classification model's operating threshold")
+    plan = resolve_plan(args.acceptance, args.task)
     model = ModelConfig(architecture=args.architecture)
     load_frozen_model(args.model, model)  # a wrong file fails here, before Ray starts
     config = FederationConfig(
@@ -993,7 +1108,7 @@ def _validate(args: argparse.Namespace) -> None:
         ),
         frozen_model=args.model.resolve(),
         operating_threshold=args.threshold,
-        check_drift=True,
+        check_drift=classification,  # drift compares image scores
     )
     stage_acceptance_plan(plan, args.site_dir, args.out)
     result = run_simulated_federation(
@@ -1021,6 +1136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: Callable[[argparse.Namespace], None] = args.run
     try:
+        if hasattr(args, "task"):
+            _resolve_model(args, "architecture" if hasattr(args, "architecture") else "model")
         command(args)
     except _Usage as exc:
         parser.print_usage(sys.stderr)

@@ -209,7 +209,7 @@ def _run(args: argparse.Namespace) -> None:
         return
     if args.out is None:
         raise cli._Usage("--out RUN is required")
-    plan = resolve_plan(args.acceptance)
+    plan = resolve_plan(args.acceptance, args.task)
     out = args.out.resolve()
     config = FederationConfig(
         run_dir=out,

@@ -7,7 +7,8 @@ A job runs these stages, each a set of messages to the sites (see `task.wire`):
 3. federated rounds: the chosen strategy, with per-round evaluation at every site;
 4. cross-site evaluation: the final global model, every local-only model and any
    reference model (e.g. the pooled-centralized baseline of a simulation) scored at every
-   site, as score histograms per stratum;
+   site, as score histograms per stratum (a segmentation model: Dice and HD95 aggregates
+   per stratum);
 5. drift (with ``check_drift``): each site compares its new, unlabelled cases with its
    labelled ones for the final (or frozen) model; ``drift.json`` holds what they report;
 6. records: ``run.json``, ``site-aggregates/<site>.json`` and ``evidence.json``.
@@ -47,6 +48,7 @@ from server.resume import (
 )
 from server.sites import FederationError, SiteProfile, discover_sites
 from server.strategies import RecordingStrategy, StrategyConfig, make_strategy
+from task.architectures import SEGMENTATION, task_of
 from task.audit import AUDIT_FILE, AuditEvent, AuditLog
 from task.config_record import to_config
 from task.model import ARCHITECTURES, ModelConfig, build_model, count_parameters
@@ -72,9 +74,11 @@ from task.wire import (
     MODEL_CONFIG_PREFIX,
     MODEL_PREFIX,
     MSG_DRIFT,
+    MSG_EVALUATE_SEGMENTATION,
     MSG_EVALUATE_STRATA,
     MSG_TRAIN_LOCAL,
     SEED_KEY,
+    SEGMENTATION_PREFIX,
     SUPPRESSED,
     TRAIN_SPLIT_MODELS_KEY,
 )
@@ -215,6 +219,7 @@ class FederatedJob:
             self.server_state = ServerState()
             self.checkpoints = CheckpointRegistry(config.run_dir)
         self.run_id = self.point.run_id
+        self.task = task_of(config.model.architecture)
         self.rounds_log = JsonLines(config.run_dir / ROUNDS_FILE, keep=config.resume)
 
     def _finished(self, checkpoint: Checkpoint) -> bool:
@@ -451,7 +456,8 @@ class FederatedJob:
     def _evaluate_everywhere(
         self, grid: AuditedGrid, sites: list[SiteProfile], models: dict[str, ArrayRecord]
     ) -> None:
-        """Score every model at every site; save each site's histograms as received."""
+        """Score every model at every site; save each site's histograms (segmentation: its
+        Dice and HD95 aggregates) as received."""
         config = ConfigRecord({**self._task_config(), TRAIN_SPLIT_MODELS_KEY: [GLOBAL_MODEL]})
         content = RecordDict({CONFIG: config})
         for name, arrays in models.items():
@@ -459,14 +465,19 @@ class FederatedJob:
         self.progress(f"cross-site evaluation: {len(models)} models x {len(sites)} sites")
         folder = self.config.run_dir / AGGREGATES_DIR
         folder.mkdir(exist_ok=True)
-        for site, reply in self._exchange(grid, sites, MSG_EVALUATE_STRATA, content).items():
+        message_type, prefix = (
+            (MSG_EVALUATE_SEGMENTATION, SEGMENTATION_PREFIX)
+            if self.task == SEGMENTATION
+            else (MSG_EVALUATE_STRATA, HISTOGRAMS_PREFIX)
+        )
+        for site, reply in self._exchange(grid, sites, message_type, content).items():
             aggregate: dict[str, Any] = {"site": site}
             if reply.has_error():
                 aggregate["error"] = reply.error.reason
                 self.progress(f"  {site}: evaluation failed ({reply.error.reason})")
             else:
                 aggregate["models"] = {
-                    key.removeprefix(HISTOGRAMS_PREFIX): dict(record)
+                    key.removeprefix(prefix): dict(record)
                     for key, record in reply.content.metric_records.items()
                 }
                 aggregate["suppressed"] = list(reply.content[SUPPRESSED]["strata"])
@@ -535,6 +546,7 @@ class FederatedJob:
                 ),
                 "rounds": config.rounds if config.frozen_model is None else 0,
                 "seed": config.seed,
+                "task": self.task,
                 "training": asdict(config.training),
                 "privacy": {**asdict(config.privacy), "guarantee": config.privacy.guarantee},
                 "data": asdict(config.provenance),

@@ -26,6 +26,7 @@ from task.audit import AuditEvent
 from task.privacy import PRIVACY_REFUSED, PrivacyConfig
 from task.wire import METRICS, NUM_EXAMPLES
 from validation.metrics import ScoreHistogram, roc_auc
+from validation.segmentation import SegmentationAggregate
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam")
 #: FedOpt's (FedAdam's) server-side moments: the state a resumed run must carry on with.
@@ -102,8 +103,8 @@ class RecordingStrategy(Strategy):
 
     - train replies are put in site order before aggregation, so that the floating-point
       sums, and therefore the global model, do not depend on which site answered first;
-    - each site's train metrics, evaluation (loss, AUC from its score histograms) and each
-      failure go to ``rounds``;
+    - each site's train metrics, evaluation (loss, AUC from its score histograms; for
+      segmentation the mean Dice from its aggregate) and each failure go to ``rounds``;
     - every round's global model is saved as checkpoint ``global-round-NNN``;
     - a site that refuses a round on privacy grounds (its budget would be exceeded) is
       recorded and asked to train no more in this run: its spend only grows. It is still
@@ -225,9 +226,11 @@ class RecordingStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Per-site loss and AUC, and the pooled AUC of all sites' test splits."""
+        """Per-site loss and AUC (segmentation: mean Dice), and the pooled AUC (mean Dice)
+        of all sites' test splits."""
         server_round += self.first_round - 1
         pooled = ScoreHistogram.empty()
+        pooled_segmentation = SegmentationAggregate()
         weighted_loss, n_total = 0.0, 0
         answered = 0
         replies = self._with_silent(replies)
@@ -240,11 +243,15 @@ class RecordingStrategy(Strategy):
             n_total += int(evaluation["n"])
             if "histogram" in evaluation:
                 pooled = pooled + evaluation.pop("histogram")
+            if "aggregate" in evaluation:
+                pooled_segmentation = pooled_segmentation + evaluation.pop("aggregate")
         summary: dict[str, float] = {}
         if n_total:
             summary["test-loss"] = weighted_loss / n_total
         if pooled.n_pos and pooled.n_neg:
             summary["pooled-auc"] = roc_auc(pooled)
+        if pooled_segmentation.dice.mean is not None:
+            summary["pooled-dice"] = pooled_segmentation.dice.mean
         seconds = time.perf_counter() - self._round_started
         self.rounds.append(
             {"round": server_round, "phase": "summary", "seconds": seconds, **summary}
@@ -257,10 +264,14 @@ class RecordingStrategy(Strategy):
                 evaluated=answered,
                 checkpoint_sha256=checkpoint.sha256 if checkpoint else None,
             )
-        auc = f", pooled test AUC {summary['pooled-auc']:.3f}" if "pooled-auc" in summary else ""
+        score = "".join(
+            f", pooled test {name} {summary[key]:.3f}"
+            for key, name in (("pooled-auc", "AUC"), ("pooled-dice", "Dice"))
+            if key in summary
+        )
         self.progress(
             f"round {server_round}/{self.total_rounds}: {self._trained} sites trained, "
-            f"{answered}/{len(replies)} evaluated{auc} ({seconds:.0f} s)"
+            f"{answered}/{len(replies)} evaluated{score} ({seconds:.0f} s)"
         )
         self.round_finished(server_round)
         return MetricRecord(summary)
@@ -298,7 +309,8 @@ class RecordingStrategy(Strategy):
             return None
         values = extract(reply)
         self.rounds.append(
-            entry | {"metrics": {k: v for k, v in values.items() if k != "histogram"}}
+            entry
+            | {"metrics": {k: v for k, v in values.items() if k not in ("histogram", "aggregate")}}
         )
         return values
 
@@ -318,4 +330,9 @@ def _evaluation_of(reply: Message) -> dict:
         values["histogram"] = histogram
         if histogram.n_pos and histogram.n_neg:
             values["auc"] = roc_auc(histogram)
+    if "dice-hist" in metrics:
+        aggregate = SegmentationAggregate.from_fields(dict(metrics))
+        values["aggregate"] = aggregate
+        if aggregate.dice.mean is not None:
+            values["dice"] = aggregate.dice.mean
     return values

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from site_client.dataset import concatenate, load_split
+from site_client.dataset import concatenate, load_task_split
 from site_client.policy import PrivacyPolicy
 from site_client.privacy import ReleaseRequest, plan_release
 from site_client.store import SiteStore
@@ -37,7 +37,7 @@ def train_pooled_centralized(
     it trains with DP-SGD for ``privacy.target_epsilon`` at delta 0.1 / n (no ledger: the
     pooled data exists only in this simulation); otherwise without DP.
     """
-    pooled = concatenate([load_split(s, "train", model_config.image_size) for s in stores])
+    pooled = concatenate([load_task_split(s, "train", model_config) for s in stores])
     model = build_model(model_config, seed=seed)
     dpsgd = None
     if privacy.mode == "local":

@@ -26,6 +26,7 @@ from simulations.federation import run_simulated_federation
 from simulations.phantoms import write_phantom_federation
 from site_client.ingest import ingest_site
 from site_client.store import SiteStore
+from task.architectures import check_dp_sgd, task_of
 from task.model import ModelConfig
 from task.privacy import PrivacyConfig
 from task.training import recipe
@@ -52,10 +53,11 @@ class DemoConfig:
     """What `medfed demo` runs: ``sites`` phantom hospitals, a federation of ``rounds``
     rounds of ``local_epochs`` epochs with ``strategy``, all seeded by ``seed``;
     ``cases_per_site`` overrides the sites' varied sizes (quick runs). ``model``: the
-    architecture, trained with its recipe (`task.training.RECIPES`); ``local_epochs``
-    overrides the recipe's. ``privacy``: DP-SGD at every site, epsilon 8, by default.
-    ``acceptance``: the acceptance plan file (TOML) the evidence is judged by; None: the
-    default plan (`validation.acceptance.default_plan`)."""
+    architecture, trained with its recipe (`task.training.RECIPES`), whose task
+    (classification, or segmentation on the phantoms' lesion masks) is the demo's;
+    ``local_epochs`` overrides the recipe's. ``privacy``: DP-SGD at every site, epsilon 8,
+    by default. ``acceptance``: the acceptance plan file (TOML) the evidence is judged by;
+    None: the task's default plan (`validation.acceptance.default_plan`)."""
 
     out: Path = Path("medfed-demo")
     sites: int = 4
@@ -72,42 +74,22 @@ class DemoConfig:
 def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Path:
     """Run the demo; returns the path of its evidence.json. Rerunning replaces the
     previous demo's outputs in ``config.out``; any other non-empty folder is refused. A bad
-    acceptance plan is refused before anything runs."""
-    plan = resolve_plan(config.acceptance)
+    acceptance plan, or DP-SGD asked of a model it cannot train (`DPSGDUnsupported`), is
+    refused before anything runs. Failed acceptance criteria do not stop it: their
+    verdicts are in the evidence."""
+    plan = resolve_plan(config.acceptance, task_of(config.model))
+    check_dp_sgd(config.model, config.privacy.mode)
     _prepare(config.out)
     marker = config.out / DEMO_MARKER
     marker.write_text(json.dumps({"config": asdict(config), "status": "running"}, default=str))
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-
-    progress(f"1/3 phantom hospitals: {config.sites} sites -> {config.out / 'phantoms'}")
-    phantom_sites = write_phantom_federation(
-        config.out / "phantoms",
-        n_sites=config.sites,
-        cases_per_site=config.cases_per_site,
-        seed=config.seed,
-    )
-    timings["phantoms"] = time.perf_counter() - started
-
-    progress("2/3 ingest at each site: de-identify, decode, store")
-    site_dirs = []
-    for phantom in phantom_sites:
-        store = SiteStore.create(
-            config.out / "sites" / phantom.name,
-            secret=simulated_site_secret(config.seed, phantom.name),
-        )
-        report = ingest_site(store, phantom / "dicom", phantom / "labels.csv", seed=config.seed)
-        progress(
-            f"  {store.site_id}: {report.stored} cases stored, "
-            f"{report.quarantined} quarantined of {report.received} files"
-        )
-        site_dirs.append(store.root)
-    timings["ingest"] = time.perf_counter() - started - timings["phantoms"]
+    site_dirs, timings = make_phantom_sites(config, progress)
     stage_acceptance_plan(plan, site_dirs, config.out / "run")
     progress(f"acceptance plan: {plan.name} ({len(plan.criteria)} criteria, {plan.source})")
 
     progress(
-        f"3/3 federation: {config.model} model, {config.strategy}, {config.rounds} rounds on "
+        f"3/3 federation: {task_of(config.model)} with the {config.model} model, "
+        f"{config.strategy}, {config.rounds} rounds on "
         f"Flower's simulation runtime, {_privacy_phrase(config.privacy)}"
     )
     federation = FederationConfig(
@@ -137,6 +119,39 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
         )
     )
     return result.evidence
+
+
+def make_phantom_sites(
+    config: DemoConfig, progress: Callable[[str], None] = print
+) -> tuple[list[Path], dict[str, float]]:
+    """The demo's first two phases: ``config.sites`` phantom hospitals under
+    ``config.out``/phantoms, each ingested into its site store under ``config.out``/sites.
+    Returns the site stores' folders and the wall time (s) of each phase."""
+    started = time.perf_counter()
+    progress(f"1/3 phantom hospitals: {config.sites} sites -> {config.out / 'phantoms'}")
+    phantom_sites = write_phantom_federation(
+        config.out / "phantoms",
+        n_sites=config.sites,
+        cases_per_site=config.cases_per_site,
+        seed=config.seed,
+    )
+    timings = {"phantoms": time.perf_counter() - started}
+
+    progress("2/3 ingest at each site: de-identify, decode, store")
+    site_dirs = []
+    for phantom in phantom_sites:
+        store = SiteStore.create(
+            config.out / "sites" / phantom.name,
+            secret=simulated_site_secret(config.seed, phantom.name),
+        )
+        report = ingest_site(store, phantom / "dicom", phantom / "labels.csv", seed=config.seed)
+        progress(
+            f"  {store.site_id}: {report.stored} cases stored, "
+            f"{report.quarantined} quarantined of {report.received} files"
+        )
+        site_dirs.append(store.root)
+    timings["ingest"] = time.perf_counter() - started - timings["phantoms"]
+    return site_dirs, timings
 
 
 def stage_acceptance_plan(plan: AcceptancePlan, site_dirs: Sequence[Path], run_dir: Path) -> None:

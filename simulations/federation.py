@@ -24,6 +24,7 @@ from site_client.client_app import build_client_app
 from site_client.ledger import PrivacyLedger
 from site_client.privacy import PrivacyRefused, ReleaseRequest, plan_release
 from site_client.store import SiteStore
+from task.architectures import check_dp_sgd
 from task.runtime import apply_offline_environment
 from task.wire import POOLED_CENTRALIZED
 from validation.evidence import EVIDENCE_FILE
@@ -50,7 +51,8 @@ def run_simulated_federation(
     """Run the federated job ``config`` over ``site_dirs``.
 
     Every store is opened first, so a missing or broken one fails before anything runs,
-    and so does a federation in which every site's privacy budget is already spent.
+    and so does a federation in which every site's privacy budget is already spent, or
+    one asking DP-SGD of a model it cannot train (`DPSGDUnsupported`).
     With ``pooled_baseline`` the pooled-centralized model is trained and evaluated too (on
     the training data of the sites that are not held out).
     """
@@ -63,6 +65,7 @@ def run_simulated_federation(
     if config.frozen_model is not None:
         pooled_baseline = False  # an evaluation-only job trains nothing
     else:
+        check_dp_sgd(config.model.architecture, config.privacy.mode)
         _check_budgets(training, config)
     config = replace(config, expected_sites=len(stores))
     timings: dict[str, float] = {}

@@ -10,6 +10,8 @@ It answers the coordinator's messages (`task.wire`) from the site store:
   refuses (error code `task.privacy.PRIVACY_REFUSED`, with the reason) one it does not allow.
 - ``evaluate``: the global model's loss and score histograms on the test split.
 - ``evaluate.strata``: score histograms of one or more models per stratum.
+- ``evaluate.segmentation``: for segmentation models, Dice and HD95 aggregates of one or
+  more models per stratum (`site_client.segmentation`).
 - ``query.drift``: how far the site's new (received, unlabelled) cases have drifted from
   its labelled ones, for the model sent (`site_client.drift`); the full report stays at
   the site (``SITE/drift-reports/``), its trail records the check.
@@ -28,11 +30,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from site_client.dataset import load_split
+from site_client.dataset import SiteData, load_split, load_task_split
 from site_client.drift import check_drift, keep_report
 from site_client.egress import EgressGuard
 from site_client.evaluation import class_histograms, stratified_histograms
@@ -40,8 +43,10 @@ from site_client.ledger import PrivacyLedger
 from site_client.privacy import PlannedRelease, PrivacyRefused, ReleaseRequest, plan_release
 from site_client.profile import site_profile
 from site_client.releases import ReleaseCache, ReleaseKey
+from site_client.segmentation import case_metrics, stratified_aggregates
 from site_client.store import SiteStore
-from site_client.training import mean_loss, predict_logits, train_model
+from site_client.training import mean_loss, predict_logits, segmentation_loss, train_model
+from task.architectures import CLASSIFICATION, check_dp_sgd, check_task
 from task.audit import MAX_DETAIL_CHARS, AuditEntry, AuditEvent, AuditLog
 from task.config_record import from_config
 from task.model import ModelConfig, build_model
@@ -74,9 +79,11 @@ from task.wire import (
     NUM_EXAMPLES,
     PROFILE,
     SEED_KEY,
+    SEGMENTATION_PREFIX,
     SUPPRESSED,
     TRAIN_SPLIT_MODELS_KEY,
 )
+from validation.segmentation import SegmentationAggregate
 
 LOG = logging.getLogger(__name__)
 #: Node config key naming the site directory of a SuperNode (deployment).
@@ -148,6 +155,7 @@ def build_client_app(site_dirs: Sequence[Path] = ()) -> ClientApp:
     app.train("local")(handler(lambda store, content: train(store, content, local_only=True)))
     app.evaluate()(handler(evaluate_round))
     app.evaluate("strata")(handler(evaluate_strata))
+    app.evaluate("segmentation")(handler(evaluate_segmentation))
     app.query("drift")(handler(drift_query))
     return app
 
@@ -216,9 +224,10 @@ def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict
     A federated round trains ``local-epochs`` epochs; the local-only baseline trains the
     ``epochs`` its message asks for. The release is planned against the site's privacy
     policy and ledger first (`PrivacyRefused` if the site does not allow it) and recorded
-    in the ledger before the reply leaves. A request the site has answered already (a
-    resumed coordinator asking again for the round it lost) gets the same reply again,
-    with no training and no new spend (`site_client.releases`).
+    in the ledger before the reply leaves; DP-SGD asked of a model it cannot train is
+    refused with the reason (`DPSGDUnsupported`), spending nothing. A request the site has
+    answered already (a resumed coordinator asking again for the round it lost) gets the
+    same reply again, with no training and no new spend (`site_client.releases`).
     """
     config = content[CONFIG]
     model_config = from_config(ModelConfig, config, MODEL_CONFIG_PREFIX)
@@ -235,7 +244,7 @@ def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict
         LOG.info("round %s (%s) was released already: sending the same reply", server_round, phase)
         return RecordDict({ARRAYS: released[0], METRICS: released[1]})
     model = _received_model(content[ARRAYS], model_config)
-    data = load_split(store, "train", model_config.image_size)
+    data = load_task_split(store, "train", model_config)
     run_seed = int(config[SEED_KEY])
     ledger = PrivacyLedger(store.root)
     planned = plan_release(
@@ -254,6 +263,8 @@ def train(store: SiteStore, content: RecordDict, local_only: bool) -> RecordDict
         ),
         store.secret,
     )
+    if planned.dpsgd is not None:
+        check_dp_sgd(model_config.architecture)
     started = time.perf_counter()
     seed = derive_seed(run_seed, server_round, store.site_id)
     stats = train_model(model, data, training, seed, epochs, planned.dpsgd)
@@ -292,24 +303,37 @@ def privacy_metrics(planned: PlannedRelease) -> dict[str, float]:
 
 
 def evaluate_round(store: SiteStore, content: RecordDict) -> RecordDict:
-    """Loss and whole-split score histograms of the received model on the test split."""
+    """Loss and whole-split score histograms (a segmentation model: its Dice and HD95
+    aggregate) of the received model on the test split."""
     started = time.perf_counter()
     model_config = from_config(ModelConfig, content[CONFIG], MODEL_CONFIG_PREFIX)
     model = _received_model(content[ARRAYS], model_config)
-    data = load_split(store, "test", model_config.image_size)
+    data = load_task_split(store, "test", model_config)
     logits = predict_logits(model, data)
     metrics = MetricRecord(
         {
             NUM_EXAMPLES: len(data),
-            "test-loss": mean_loss(logits, data.labels),
+            "test-loss": mean_loss(logits, data.labels)
+            if data.masks is None
+            else segmentation_loss(logits, data.masks),
             "evaluate-seconds": time.perf_counter() - started,
         }
     )
     if len(data) >= store.policy.min_cell_size:
-        negatives, positives = class_histograms(logits, data.labels.numpy())
-        metrics["hist-negative"] = negatives
-        metrics["hist-positive"] = positives
+        for key, value in _whole_split_aggregate(logits, data).items():
+            metrics[key] = value
     return RecordDict({METRICS: metrics})
+
+
+def _whole_split_aggregate(
+    logits: np.ndarray, data: SiteData
+) -> dict[str, int | float | list[int]]:
+    """What MSG_EVALUATE reports of a whole split: the score histograms per class, or the
+    segmentation aggregate (`task.wire.SEGMENTATION_FIELDS`)."""
+    if data.masks is not None:
+        return SegmentationAggregate.of(case_metrics(logits, data)).to_fields()
+    negatives, positives = class_histograms(logits, data.labels.numpy())
+    return {"hist-negative": negatives, "hist-positive": positives}
 
 
 def evaluate_strata(store: SiteStore, content: RecordDict) -> RecordDict:
@@ -344,11 +368,34 @@ def evaluate_strata(store: SiteStore, content: RecordDict) -> RecordDict:
     return reply
 
 
+def evaluate_segmentation(store: SiteStore, content: RecordDict) -> RecordDict:
+    """Dice and HD95 aggregates per stratum of every received segmentation model on the
+    test split (`site_client.segmentation`)."""
+    model_config = from_config(ModelConfig, content[CONFIG], MODEL_CONFIG_PREFIX)
+    data = load_task_split(store, "test", model_config)
+    reply = RecordDict()
+    suppressed: set[str] = set()
+    for key, arrays in content.array_records.items():
+        model = _received_model(arrays, model_config)
+        result = stratified_aggregates(
+            case_metrics(predict_logits(model, data), data),
+            data,
+            "test",
+            store.policy.min_cell_size,
+            store.policy.evaluation,
+        )
+        reply[SEGMENTATION_PREFIX + key.removeprefix(MODEL_PREFIX)] = MetricRecord(result.fields)
+        suppressed.update(result.suppressed)
+    reply[SUPPRESSED] = ConfigRecord({"strata": sorted(suppressed)})
+    return reply
+
+
 def drift_query(store: SiteStore, content: RecordDict) -> RecordDict:
     """The site's drift check with the received model (`site_client.drift`): the report is
     kept at the site and audited; statistics and counts of at least the minimum cell size
     leave it."""
     model_config = from_config(ModelConfig, content[CONFIG], MODEL_CONFIG_PREFIX)
+    check_task(model_config.architecture, CLASSIFICATION)  # drift compares image scores
     model = _received_model(content[ARRAYS], model_config)
     report = check_drift(store, model, model_config.image_size)
     keep_report(store, report, model_sha256(content[ARRAYS]))

@@ -92,6 +92,25 @@ def strata_masks(
     return masks
 
 
+def reportable_strata(
+    data: SiteData,
+    split: str,
+    min_cell_size: int,
+    by_scanner: bool = True,
+    evaluation: EvaluationPolicy | None = None,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The strata of ``data`` (one split; `strata_masks`) with at least ``min_cell_size``
+    cases, and the names (``"<split>|<stratum>"``) of the smaller ones, suppressed."""
+    reportable: dict[str, np.ndarray] = {}
+    suppressed: list[str] = []
+    for stratum, mask in strata_masks(data, by_scanner, evaluation).items():
+        if mask.sum() < min_cell_size:
+            suppressed.append(f"{split}|{stratum}")
+        else:
+            reportable[stratum] = mask
+    return reportable, suppressed
+
+
 def stratified_histograms(
     logits: np.ndarray,
     data: SiteData,
@@ -101,14 +120,11 @@ def stratified_histograms(
     evaluation: EvaluationPolicy | None = None,
 ) -> StratifiedHistograms:
     """Histograms of ``logits`` on ``data`` (one split) per stratum and class (strata as
-    `strata_masks` makes them)."""
+    `reportable_strata` finds them)."""
     labels = data.labels.numpy()
     histograms: dict[str, list[int]] = {}
-    suppressed: list[str] = []
-    for stratum, mask in strata_masks(data, by_scanner, evaluation).items():
-        if mask.sum() < min_cell_size:
-            suppressed.append(f"{split}|{stratum}")
-            continue
+    strata, suppressed = reportable_strata(data, split, min_cell_size, by_scanner, evaluation)
+    for stratum, mask in strata.items():
         negatives, positives = class_histograms(logits[mask], labels[mask])
         histograms[histogram_key(split, stratum, 0)] = negatives
         histograms[histogram_key(split, stratum, 1)] = positives

@@ -10,6 +10,7 @@ and one-line reason the caller puts in the quarantine.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -46,8 +47,9 @@ _EARLIEST_YEAR = 1895  # Roentgen
 
 
 def acquisition(original: Dataset, clean: Dataset) -> Acquisition:
-    """The `Acquisition` of an instance: modality and body part from its de-identified
-    header ``clean`` (``"OTHER"`` for a value that is not a plain code string), and the
+    """The `Acquisition` of an instance: modality, body part and pixel spacing from its
+    de-identified header ``clean`` (``"OTHER"`` for a value that is not a plain code
+    string; no spacing unless PixelSpacing holds two positive finite numbers), and the
     study year from its ``original`` header, whose dates de-identification shifts (the
     first valid ``YYYYMMDD`` of `_STUDY_DATES`; None if none is)."""
     codes = []
@@ -62,7 +64,18 @@ def acquisition(original: Dataset, clean: Dataset) -> Acquisition:
             if _EARLIEST_YEAR <= candidate <= date.today().year:
                 year = candidate
                 break
-    return Acquisition(codes[0], codes[1], year)
+    return Acquisition(codes[0], codes[1], year, _pixel_spacing(clean))
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """PixelSpacing (mm between rows, between columns) if it holds two positive numbers."""
+    try:
+        values = [float(v) for v in ds.get("PixelSpacing") or []]
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        return None
+    return values[0], values[1]
 
 
 class InstanceIntake:

@@ -79,27 +79,36 @@ def read_secret_file(path: Path) -> bytes:
 @dataclass(frozen=True)
 class Acquisition:
     """How a case was acquired, beyond its scanner: its modality and body part (DICOM code
-    strings) and the year of its study, the original year (the stored header's dates are
-    shifted by de-identification). Empty, or None for the year, where the header is silent."""
+    strings), the year of its study, the original year (the stored header's dates are
+    shifted by de-identification), and its pixel spacing in mm (DICOM PixelSpacing: the
+    distance between rows, then between columns), which segmentation needs for distances.
+    Empty, or None for the year and spacing, where the header is silent."""
 
     modality: str = ""
     body_part: str = ""
     study_year: int | None = None
+    pixel_spacing: tuple[float, float] | None = None
 
     #: Their columns in the manifest and the received index, in `to_columns` order.
-    COLUMNS: ClassVar[tuple[str, str, str]] = ("modality", "body_part", "study_year")
+    COLUMNS: ClassVar[tuple[str, ...]] = ("modality", "body_part", "study_year", "pixel_spacing")
 
     def to_columns(self) -> list[str]:
-        """The values of `COLUMNS` as CSV cells."""
+        """The values of `COLUMNS` as CSV cells (the spacing as DICOM writes it, ``r\\c``)."""
         year = "" if self.study_year is None else str(self.study_year)
-        return [self.modality, self.body_part, year]
+        spacing = "" if self.pixel_spacing is None else "\\".join(map(repr, self.pixel_spacing))
+        return [self.modality, self.body_part, year, spacing]
 
     @classmethod
     def from_row(cls, row: Mapping[str, str | None]) -> Acquisition:
         """From a CSV row holding `COLUMNS` (a row written before they existed: empty)."""
         year = (row.get("study_year") or "").strip()
+        spacing = (row.get("pixel_spacing") or "").strip()
+        row_mm, _, column_mm = spacing.partition("\\")
         return cls(
-            row.get("modality") or "", row.get("body_part") or "", int(year) if year else None
+            row.get("modality") or "",
+            row.get("body_part") or "",
+            int(year) if year else None,
+            (float(row_mm), float(column_mm)) if spacing else None,
         )
 
 

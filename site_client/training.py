@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss
 from opacus import PrivacyEngine
 from opacus.optimizers import DPOptimizer
 from torch import nn
@@ -36,7 +38,11 @@ def train_model(
     dpsgd: DPSGD | None = None,
     grad_sample_mode: str = "hooks",
 ) -> TrainStats:
-    """Train ``model`` in place on ``data`` with Adam and binary cross-entropy.
+    """Train ``model`` in place on ``data`` with Adam: binary cross-entropy of its logit
+    against each case's label, or, when ``data`` has masks (segmentation), MONAI's
+    ``DiceCELoss`` of its per-pixel logits against each case's mask (Dice loss per case,
+    averaged over the batch, plus the mean pixel-wise binary cross-entropy: both are means
+    of per-case terms, as DP-SGD's per-sample gradients need).
 
     epochs defaults to ``config.local_epochs``. With ``config.proximal_mu > 0`` the FedProx
     proximal term mu/2 * ||w - w_start||^2 keeps the weights near those the model started
@@ -48,10 +54,12 @@ def train_model(
     """
     if len(data) == 0:
         raise ValueError("no training cases")
+    if config.augment and data.masks is not None:
+        raise ValueError("segmentation trains without augmentation (it would move the masks)")
     torch.manual_seed(seed)
     augment = augmentation(seed) if config.augment else None
     optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn, targets = _objective(data)
     start = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else []
     indices = DataLoader(
         TensorDataset(torch.arange(len(data))),
@@ -92,7 +100,7 @@ def train_model(
                     # One draw per batch: MONAI sees the batch as channels of one image.
                     images = augment(images.squeeze(1)).unsqueeze(1)
                 optimizer.zero_grad()
-                loss = loss_fn(model(images).squeeze(1), data.labels[batch])
+                loss = loss_fn(model(images), targets[batch])
                 total += loss.item() * len(batch) if len(batch) else 0.0
                 with warnings.catch_warnings():
                     # Opacus's hooks on the first layer, whose input needs no gradient.
@@ -105,6 +113,22 @@ def train_model(
         if private is not None:
             hooks.cleanup()
     return TrainStats(loss=epoch_loss, num_examples=len(data), steps=steps)
+
+
+def _objective(data: SiteData) -> tuple[Callable[..., torch.Tensor], torch.Tensor]:
+    """The loss of a batch's model output against its targets, and the targets of every
+    case of ``data``: labels (classification) or masks (segmentation)."""
+    if data.masks is not None:
+        return DiceCELoss(sigmoid=True), data.masks
+    bce = nn.BCEWithLogitsLoss()
+    return (lambda logits, labels: bce(logits.squeeze(1), labels)), data.labels
+
+
+def segmentation_loss(logits: np.ndarray, masks: torch.Tensor) -> float:
+    """Mean `DiceCELoss` (as in training) of per-pixel ``logits`` (N, S, S) against
+    ``masks`` (N, 1, S, S)."""
+    loss = DiceCELoss(sigmoid=True)(torch.from_numpy(logits).float().unsqueeze(1), masks)
+    return float(loss.item())
 
 
 def _step(
@@ -133,13 +157,15 @@ def _add_proximal_gradient(model: nn.Module, start: list[torch.Tensor], mu: floa
 
 
 def predict_logits(model: nn.Module, data: SiteData, batch_size: int = 256) -> np.ndarray:
-    """The model's logit for every case of ``data``, in order: (N,) float64."""
+    """The model's logit for every case of ``data``, in order: (N,) float64 (a segmentation
+    model's: (N, S, S), one per pixel)."""
     return image_logits(model, data.images, batch_size)
 
 
 @torch.no_grad()
 def image_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """The model's logit for every image of ``images`` (N, 1, S, S), in order: (N,) float64."""
+    """The model's logit for every image of ``images`` (N, 1, S, S), in order: (N,) float64
+    (a segmentation model's: (N, S, S), one per pixel)."""
     model.eval()
     if len(images) == 0:
         return np.empty(0, dtype=np.float64)

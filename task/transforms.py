@@ -62,3 +62,19 @@ def preprocess_all(images: list[np.ndarray], image_size: int) -> torch.Tensor:
     if not images:
         return torch.empty((0, 1, image_size, image_size), dtype=torch.float32)
     return torch.stack([transform(image) for image in images])
+
+
+def preprocess_masks(masks: list[np.ndarray], image_size: int) -> torch.Tensor:
+    """Lesion masks (2-D, 0/1, each its image's size) on the model's grid: (N, 1, S, S)
+    float32 0/1, a pixel in the lesion when at least half of the area it covers is (the
+    image's own resizing is by area too). The identity for masks already S x S."""
+    resize = Compose(
+        [
+            EnsureChannelFirst(channel_dim="no_channel"),
+            Resize(spatial_size=(image_size, image_size), mode="area"),
+            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+        ]
+    )
+    if not masks:
+        return torch.empty((0, 1, image_size, image_size), dtype=torch.float32)
+    return torch.stack([(resize(m.astype(np.float32)) >= 0.5).float() for m in masks])

@@ -1,8 +1,9 @@
 """The records that cross the wire between a site and the coordinator.
 
 Only what is named here may leave a site (``site_client.egress`` enforces it): model
-weights, counts and score histograms per class and stratum. Never pixels, per-case scores,
-labels or identifiers.
+weights, counts and score histograms per class and stratum, and for segmentation the
+per-stratum aggregates of per-case Dice and HD95 (counts per fixed bin, sums, sums of
+squares). Never pixels, masks, per-case scores, labels or identifiers.
 
 Scores are the model's logits. Histograms bin them on fixed edges, uniform in logit space,
 so that every site's histograms can be summed bin by bin and an operating threshold is
@@ -10,6 +11,9 @@ always a bin edge (confusion counts at it are exact).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +30,8 @@ MSG_EVALUATE = "evaluate"
 MSG_EVALUATE_STRATA = "evaluate.strata"
 #: Drift of the site's new (received, unlabelled) data from its labelled data, for a model.
 MSG_DRIFT = "query.drift"
+#: Segmentation: per-stratum Dice and HD95 aggregates of one or more models on the test split.
+MSG_EVALUATE_SEGMENTATION = "evaluate.segmentation"
 
 # --- record keys -------------------------------------------------------------------------
 ARRAYS = "arrays"
@@ -35,7 +41,10 @@ PROFILE = "profile"
 DRIFT = "drift"
 #: Key of the MetricRecord holding the histograms of the model named ``name``.
 HISTOGRAMS_PREFIX = "histograms:"
-#: Key of the ArrayRecord holding a model to evaluate in MSG_EVALUATE_STRATA.
+#: Key of the MetricRecord holding the segmentation aggregates of the model named ``name``.
+SEGMENTATION_PREFIX = "segmentation:"
+#: Key of the ArrayRecord holding a model to evaluate in MSG_EVALUATE_STRATA or
+#: MSG_EVALUATE_SEGMENTATION.
 MODEL_PREFIX = "model:"
 NUM_EXAMPLES = "num-examples"
 #: ConfigRecord keys of the task's settings: the model's shape under this prefix
@@ -146,6 +155,32 @@ TRAIN_METRIC_KEYS = (
 EVALUATE_METRIC_KEYS = frozenset(
     {NUM_EXAMPLES, "test-loss", "evaluate-seconds", "hist-negative", "hist-positive"}
 )
+#: One stratum's segmentation aggregate (`validation.segmentation.SegmentationAggregate`):
+#: n cases, of which n-empty have an empty reference mask (n-false-positive of them a
+#: non-empty prediction); the others have a lesion, and their per-case Dice is counted in
+#: dice-hist (bins `DICE_BINS`) with its sum and sum of squares; of those, n-missed have an
+#: empty prediction and n-no-spacing no pixel spacing (no HD95); the rest have their HD95
+#: in mm counted in hd95-hist (bins `HD95_BINS`) with its sum and sum of squares.
+SEGMENTATION_FIELDS = frozenset(
+    {
+        "n",
+        "n-empty",
+        "n-false-positive",
+        "n-missed",
+        "n-no-spacing",
+        "dice-hist",
+        "dice-sum",
+        "dice-sum-sq",
+        "hd95-hist",
+        "hd95-sum",
+        "hd95-sum-sq",
+    }
+)
+#: MetricRecord METRICS of an MSG_EVALUATE reply for a segmentation model: the whole test
+#: split's aggregate (`SEGMENTATION_FIELDS`), absent below the minimum cell size.
+EVALUATE_SEGMENTATION_METRIC_KEYS = (
+    frozenset({NUM_EXAMPLES, "test-loss", "evaluate-seconds"}) | SEGMENTATION_FIELDS
+)
 
 # --- the models of a run (names in run.json, site aggregates and evidence) ---------------
 GLOBAL_MODEL = "global"
@@ -179,6 +214,40 @@ def score_bin_index(logits: np.ndarray) -> np.ndarray:
     return np.searchsorted(SCORE_BIN_EDGES, np.asarray(logits, dtype=np.float64), side="right")
 
 
+@dataclass(frozen=True)
+class ValueBins:
+    """Fixed bins of a per-case value in [edges[0], ...): bin i holds
+    edges[i] <= v < edges[i+1]; the last bin also holds edges[-1] itself when ``open_top`` is
+    False (a bounded value such as Dice), and everything from edges[-1] up when it is True."""
+
+    edges: tuple[float, ...]
+    open_top: bool
+
+    @property
+    def n(self) -> int:
+        """Number of bins."""
+        return len(self.edges) - 1 + int(self.open_top)
+
+    def index(self, values: np.ndarray) -> np.ndarray:
+        """Bin index in [0, n) of each of ``values`` (finite, >= edges[0])."""
+        found = np.searchsorted(self.edges, np.asarray(values, dtype=np.float64), side="right")
+        return np.clip(found - 1, 0, self.n - 1)
+
+    def lower(self, index: int) -> float:
+        """The lower edge of bin ``index``."""
+        return self.edges[index]
+
+    def upper(self, index: int) -> float:
+        """The upper edge of bin ``index`` (infinity for an open top bin)."""
+        return self.edges[index + 1] if index + 1 < len(self.edges) else math.inf
+
+
+#: Per-case Dice in 50 bins of width 0.02 on [0, 1].
+DICE_BINS = ValueBins(tuple(np.round(np.linspace(0.0, 1.0, 51), 6).tolist()), open_top=False)
+#: Per-case HD95 (mm) in bins of 0.5 mm up to 100 mm, and one bin for 100 mm and more.
+HD95_BINS = ValueBins(tuple(np.round(np.arange(0.0, 100.25, 0.5), 6).tolist()), open_top=True)
+
+
 def histogram_key(split: str, stratum: str, label: int) -> str:
     """MetricRecord key of one histogram: ``"<split>|<stratum>|<label>"``."""
     return f"{split}|{stratum}|{label}"
@@ -188,3 +257,18 @@ def parse_histogram_key(key: str) -> tuple[str, str, int]:
     """Inverse of `histogram_key`: ``(split, stratum, label)``."""
     split, stratum, label = key.rsplit("|", 2)
     return split, stratum, int(label)
+
+
+def segmentation_key(split: str, stratum: str, field: str) -> str:
+    """MetricRecord key of one field (`SEGMENTATION_FIELDS`) of a stratum's segmentation
+    aggregate: ``"<split>|<stratum>|<field>"``."""
+    return f"{split}|{stratum}|{field}"
+
+
+def parse_segmentation_key(key: str) -> tuple[str, str, str]:
+    """Inverse of `segmentation_key`: ``(split, stratum, field)``; ValueError for a key
+    that is not one."""
+    split, stratum, field = key.rsplit("|", 2)
+    if field not in SEGMENTATION_FIELDS:
+        raise ValueError(f"{field!r} is not a segmentation aggregate field")
+    return split, stratum, field

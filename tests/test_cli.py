@@ -30,6 +30,7 @@ COMMANDS = [
     "site drift",
     "simulate",
     "validate",
+    "quantize",
     "report",
     "dashboard",
     "audit",

@@ -228,8 +228,9 @@ def test_write_evidence_never_writes_an_invalid_document(
 ) -> None:
     broken = _evidence()
     broken["performance"]["pooled"]["auc"]["value"] = 1.3
-    monkeypatch.setattr(evidence_module, "load_run", lambda run_dir: None)
-    monkeypatch.setattr(evidence_module, "read_plan_record", lambda run_dir: None)
+    records = evidence_module.RunRecords({"run": {}}, {}, [])
+    monkeypatch.setattr(evidence_module, "load_run", lambda run_dir: records)
+    monkeypatch.setattr(evidence_module, "read_plan_record", lambda run_dir, task: None)
     monkeypatch.setattr(evidence_module, "build_evidence", lambda *args: copy.deepcopy(broken))
     with pytest.raises(EvidenceError) as caught:
         evidence_module.write_evidence(tmp_path)

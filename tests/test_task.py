@@ -7,15 +7,16 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
+from task.architectures import CLASSIFICATION, MODEL_ZOO, models_for
 from task.config_record import from_config, to_config
 from task.model import ModelConfig, build_model
 from task.training import TrainingConfig, derive_seed
 from task.transforms import augmentation, preprocess_all
 
-ARCHITECTURES = ["blob", "cnn"]
+ARCHITECTURES = list(MODEL_ZOO)
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("architecture", models_for(CLASSIFICATION))
 def test_model_maps_images_to_one_logit_and_is_opacus_clean(architecture: str) -> None:
     model = build_model(ModelConfig(architecture=architecture), seed=0)
     out = model(torch.zeros(3, 1, 64, 64))
@@ -56,8 +57,12 @@ def test_model_config_rejects_shapes_that_do_not_fit() -> None:
         ModelConfig(architecture="cnn", channels=(6, 12, 24, 48), norm_groups=4)
     with pytest.raises(ValueError, match="at least 20"):
         ModelConfig(image_size=16)
-    with pytest.raises(ValueError, match="architecture must be one of blob, cnn"):
-        ModelConfig(architecture="vit")
+    with pytest.raises(ValueError, match="architecture must be one of blob, cnn, densenet"):
+        ModelConfig(architecture="alexnet")
+    with pytest.raises(ValueError, match="multiple of 16 for the vit model"):
+        ModelConfig(architecture="vit", image_size=72)
+    with pytest.raises(ValueError, match="norm_groups 8 must divide 4 for the densenet model"):
+        ModelConfig(architecture="densenet", norm_groups=8)
 
 
 def test_preprocessing_resizes_and_scales_any_scanner_units() -> None:

@@ -7,7 +7,9 @@ A plan is a TOML file, written before the run (see README, "Acceptance plans")::
 
     [[criterion]]
     id = "site-sensitivity"
-    metric = "sensitivity"        # auc, sensitivity, specificity, ppv, npv
+    metric = "sensitivity"        # auc, sensitivity, specificity, ppv, npv; segmentation:
+                                  # dice_mean, dice_median, hd95_median, hd95_mean (mm),
+                                  # false_positive_rate
     statistic = "ci_low"          # value (default), ci_low, ci_high
     operator = ">="               # >=, >, <=, <
     threshold = 0.80
@@ -20,7 +22,8 @@ Scopes (the global model's test performance in ``evidence["performance"]``): ``p
 ``scanner model:<name>`` (``by_scanner_model``); ``every subgroup:<column>`` /
 ``subgroup:<column>=<value>`` (``by_subgroup``).
 
-Two further kinds compare the global model with baselines, on its pooled test AUC:
+Two further kinds, for classification, compare the global model with baselines, on its
+pooled test AUC:
 ``kind = "relative_to_baseline"`` (AUC / the baseline's AUC, ``baseline =
 "pooled_centralized"``) and ``kind = "unseen_sites"`` (for each local-only model, the
 global model's AUC on the other sites' test data pooled minus that model's AUC there; the
@@ -29,7 +32,9 @@ criterion applies to the median of these margins).
 `evaluate_plan` gives one entry per criterion and stratum; a stratum that cannot be judged
 (suppressed, no results, n < min_n, metric undefined) gets ``passed: None`` and its
 ``reason``, never silence. The plan every run is held to unless told otherwise ships as
-``validation/plans/default.toml`` (`default_plan`).
+``validation/plans/default.toml`` (`default_plan`), for segmentation as
+``validation/plans/segmentation.toml``. A plan's metrics must be its run's task's
+(`check_plan_task`).
 """
 
 from __future__ import annotations
@@ -46,7 +51,17 @@ from pathlib import Path
 from statistics import median
 from typing import Any, NoReturn
 
-METRICS = ("auc", "sensitivity", "specificity", "ppv", "npv")
+from task.architectures import CLASSIFICATION, SEGMENTATION
+
+#: The metrics of each task's ``performance`` scopes (`validation.metrics`,
+#: `validation.segmentation`).
+METRICS_OF_TASK = {
+    CLASSIFICATION: ("auc", "sensitivity", "specificity", "ppv", "npv"),
+    SEGMENTATION: ("dice_mean", "dice_median", "hd95_median", "hd95_mean", "false_positive_rate"),
+}
+METRICS = tuple(m for metrics in METRICS_OF_TASK.values() for m in metrics)
+#: Metrics not on [0, 1] (mm), whose thresholds may be any number >= 0.
+UNBOUNDED_METRICS = ("hd95_median", "hd95_mean")
 STATISTICS = ("value", "ci_low", "ci_high")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -61,7 +76,11 @@ BASELINES = ("pooled_centralized",)
 
 #: A run directory's copy of the plan its evidence is judged by (`write_plan_record`).
 PLAN_RECORD_FILE = "acceptance-plan.json"
-DEFAULT_PLAN_RESOURCE = "plans/default.toml"
+#: Each task's default plan, a resource of this package.
+DEFAULT_PLAN_RESOURCES = {
+    CLASSIFICATION: "plans/default.toml",
+    SEGMENTATION: "plans/segmentation.toml",
+}
 
 _COMMON_FIELDS = frozenset({"id", "description", "kind", "operator", "threshold"})
 _FIELDS_OF_KIND = {
@@ -215,17 +234,33 @@ def load_plan(path: Path) -> AcceptancePlan:
     return parse_plan(text, str(path))
 
 
-def resolve_plan(path: Path | None) -> AcceptancePlan:
-    """The plan in ``path`` (`load_plan`), or the default plan when ``path`` is None."""
-    return default_plan() if path is None else load_plan(path)
+def resolve_plan(path: Path | None, task: str = CLASSIFICATION) -> AcceptancePlan:
+    """The plan in ``path`` (`load_plan`), or ``task``'s default plan when ``path`` is
+    None; checked to judge ``task``'s metrics (`check_plan_task`)."""
+    plan = default_plan(task) if path is None else load_plan(path)
+    check_plan_task(plan, task)
+    return plan
 
 
-def default_plan() -> AcceptancePlan:
-    """The plan shipped with medfed (``validation/plans/default.toml``)."""
-    resource = files("validation").joinpath(DEFAULT_PLAN_RESOURCE)
-    return parse_plan(
-        resource.read_text(encoding="utf-8"), f"medfed:validation/{DEFAULT_PLAN_RESOURCE}"
-    )
+def default_plan(task: str = CLASSIFICATION) -> AcceptancePlan:
+    """The plan shipped with medfed for ``task`` (`DEFAULT_PLAN_RESOURCES`)."""
+    resource = DEFAULT_PLAN_RESOURCES[task]
+    text = files("validation").joinpath(resource).read_text(encoding="utf-8")
+    return parse_plan(text, f"medfed:validation/{resource}")
+
+
+def check_plan_task(plan: AcceptancePlan, task: str) -> None:
+    """`AcceptancePlanError` naming the first criterion that ``task``'s evidence cannot
+    judge: a metric of another task, or (segmentation) a comparison of AUCs with baselines."""
+    for criterion in plan.criteria:
+        where = _Where(plan.source, f"criterion '{criterion.id}'")
+        if criterion.kind != KIND_METRIC and task != CLASSIFICATION:
+            where.fail(f"kind '{criterion.kind}' compares AUCs: classification only")
+        if criterion.kind == KIND_METRIC and criterion.metric not in METRICS_OF_TASK[task]:
+            where.fail(
+                f"metric '{criterion.metric}' is not a {task} metric "
+                f"({', '.join(METRICS_OF_TASK[task])})"
+            )
 
 
 def parse_plan(text: str, source: str) -> AcceptancePlan:
@@ -339,7 +374,9 @@ def _parse_criterion(table: object, where: _Where) -> Criterion:
         )
     metric = where.choice(table, "metric", METRICS, "auc")
     statistic = where.choice(table, "statistic", STATISTICS, "value")
-    threshold = where.number(table, "threshold", 0.0, 1.0)
+    threshold = where.number(
+        table, "threshold", 0.0, math.inf if metric in UNBOUNDED_METRICS else 1.0
+    )
     try:
         scope = Scope.parse(where.string(table, "scope", "pooled"))
     except ValueError as exc:
@@ -433,11 +470,11 @@ def write_plan_record(plan: AcceptancePlan, run_dir: Path) -> Path:
     return path
 
 
-def read_plan_record(run_dir: Path) -> AcceptancePlan:
-    """The plan recorded in ``run_dir``, or the default plan when none was recorded."""
+def read_plan_record(run_dir: Path, task: str = CLASSIFICATION) -> AcceptancePlan:
+    """The plan recorded in ``run_dir``, or ``task``'s default plan when none was recorded."""
     path = run_dir / PLAN_RECORD_FILE
     if not path.exists():
-        return default_plan()
+        return default_plan(task)
     try:
         record = json.loads(path.read_text())
         text, source, sha256 = record["toml"], record["source"], record["sha256"]

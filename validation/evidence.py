@@ -1,8 +1,10 @@
 """The evidence bundle: ``RUN/evidence.json`` from what a run recorded.
 
 Inputs (written by the coordinator, see ``server.server_app``): ``run.json`` (run, model,
-sites, checkpoints, which model is which), ``site-aggregates/<site>.json`` (each site's
-score histograms per model, split and stratum) and ``rounds.jsonl`` (per-round records).
+sites, checkpoints, which model is which, the task), ``site-aggregates/<site>.json`` (each
+site's score histograms, or for segmentation its Dice and HD95 aggregates
+(`validation.segmentation`), per model, split and stratum) and ``rounds.jsonl`` (per-round
+records).
 Everything here is computed from those aggregates; no case-level data exists here.
 
 The operating threshold is fixed before testing: it maximises Youden's J on the global
@@ -19,6 +21,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from task.architectures import CLASSIFICATION, SEGMENTATION
 from task.wire import (
     GLOBAL_MODEL,
     LOCAL_MODEL_PREFIX,
@@ -28,6 +31,7 @@ from task.wire import (
     STRATUM_SITE,
     STRATUM_SUBGROUP,
     parse_histogram_key,
+    parse_segmentation_key,
 )
 from validation.acceptance import AcceptancePlan, default_plan, evaluate_plan, read_plan_record
 from validation.calibration import assess_calibration
@@ -49,8 +53,16 @@ from validation.metrics import (
     youden_threshold,
 )
 from validation.privacy import run_privacy, site_privacy
+from validation.segmentation import (
+    DEFINITIONS,
+    MEAN_METHOD,
+    PIXEL_THRESHOLD,
+    SegmentationAggregate,
+    mean_ci,
+    segmentation_performance,
+)
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 EVIDENCE_FILE = "evidence.json"
 
 
@@ -94,7 +106,9 @@ def write_evidence(run_dir: Path) -> Path:
     the acceptance plan the run recorded (`validation.acceptance.write_plan_record`), else
     the default plan; checked against the schema first (`validate_evidence`), so that an
     invalid document is never written."""
-    evidence = build_evidence(load_run(run_dir), read_plan_record(run_dir))
+    records = load_run(run_dir)
+    task = records.run["run"].get("task", CLASSIFICATION)
+    evidence = build_evidence(records, read_plan_record(run_dir, task))
     text = json.dumps(evidence, indent=2)
     validate_evidence(json.loads(text))  # the document as written, not the Python objects
     path = run_dir / EVIDENCE_FILE
@@ -133,40 +147,15 @@ def validate_evidence(document: Any) -> None:
 
 def build_evidence(records: RunRecords, plan: AcceptancePlan | None = None) -> dict[str, Any]:
     """The evidence.json contract of DESIGN.md, from a run's records; ``acceptance`` judged
-    by ``plan`` (default: `validation.acceptance.default_plan`)."""
+    by ``plan`` (default: `validation.acceptance.default_plan` of the run's task). A
+    segmentation run (``run.task``) has Dice and HD95 where a classification run has AUC
+    and the rest, and no operating point, heterogeneity, calibration or ROC."""
     run = records.run
+    task = run["run"].get("task", CLASSIFICATION)
     site_ids = [s["id"] for s in run["sites"]]
-    histograms = _histograms_by_model(records.aggregates)
     checkpoints = {c["name"]: c for c in run["checkpoints"]}
     final = checkpoints[run["model"]["final_checkpoint"]]
-
-    global_hists = histograms.get(GLOBAL_MODEL, {})
     holdout = set(run["run"].get("holdout_sites", []))
-    train_pooled = sum(
-        (
-            h
-            for (split, stratum, site), h in global_hists.items()
-            if split == "train" and stratum == STRATUM_SITE and site not in holdout
-        ),
-        ScoreHistogram.empty(),
-    )
-    given = run["run"].get("operating_threshold")
-    if given is not None:
-        threshold = threshold_edge(given)
-        threshold_method = (
-            f"given before the job ({given:g}), taken at the nearest score bin edge; the test "
-            "splits played no part"
-        )
-    elif train_pooled.n_pos and train_pooled.n_neg:
-        threshold = youden_threshold(train_pooled)
-        threshold_method = (
-            "Youden's J on the global model's score histograms of the training splits of all "
-            "sites that trained (held-out sites excluded), fixed before the test splits were "
-            "scored"
-        )
-    else:
-        raise EvidenceError("no training-split histograms of both classes: cannot fix a threshold")
-
     models = list(run["models"])
     privacy = run["run"]["privacy"]
     sites = [
@@ -178,6 +167,7 @@ def build_evidence(records: RunRecords, plan: AcceptancePlan | None = None) -> d
         "schema_version": SCHEMA_VERSION,
         "run": {
             **{k: run["run"][k] for k in ("id", "created", "code_version", "rounds", "seed")},
+            "task": task,
             "strategy": run["run"]["strategy"]["name"],
             "strategy_parameters": run["run"]["strategy"],
             "training": run["run"]["training"],
@@ -200,33 +190,123 @@ def build_evidence(records: RunRecords, plan: AcceptancePlan | None = None) -> d
         "privacy_refusals": [
             {"site": s["id"], **refusal} for s in sites for refusal in s["privacy"]["refusals"]
         ],
-        "operating_point": {
-            "threshold": threshold_probability(threshold),
-            "method": threshold_method,
-            "n_train_cases": train_pooled.n,
-        },
-        "performance": _performance(global_hists, threshold),
-        "external_validation": _external_validation(global_hists, threshold, sorted(holdout)),
-        "heterogeneity": _heterogeneity(global_hists, threshold),
-        "calibration": _calibration(global_hists),
-        "roc": _roc(global_hists),
+    }
+    if task == SEGMENTATION:
+        evidence |= _segmentation_sections(records.aggregates, models, site_ids, sorted(holdout))
+    else:
+        evidence |= _classification_sections(records, models, site_ids, holdout)
+    evidence |= {
         "suppressed": [
             {"site": site, "stratum": stratum}
             for site, aggregate in sorted(records.aggregates.items())
             for stratum in aggregate.get("suppressed", [])
         ],
         "site_failures": _site_failures(records),
-        "cross_site": _cross_site(histograms, models, site_ids),
-        "baselines": _baselines(histograms, models, site_ids),
         "rounds": _rounds(records.rounds),
     }
     if records.drift is not None:
         evidence["drift"] = _drift(records.drift)
     # --- acceptance (validation.acceptance) ---
-    plan = plan or default_plan()
+    plan = plan or default_plan(task)
     evidence["acceptance_plan"] = plan.provenance()
     evidence["acceptance"] = evaluate_plan(plan, evidence)
     return evidence
+
+
+def _classification_sections(
+    records: RunRecords, models: list[str], site_ids: list[str], holdout: set[str]
+) -> dict[str, Any]:
+    """The operating point and the global model's performance with intervals, external
+    validation, heterogeneity, calibration, ROC curves, the cross-site AUC matrix and the
+    baselines, from the sites' score histograms."""
+    histograms = _histograms_by_model(records.aggregates)
+    global_hists = histograms.get(GLOBAL_MODEL, {})
+    train_pooled = sum(
+        (
+            h
+            for (split, stratum, site), h in global_hists.items()
+            if split == "train" and stratum == STRATUM_SITE and site not in holdout
+        ),
+        ScoreHistogram.empty(),
+    )
+    given = records.run["run"].get("operating_threshold")
+    if given is not None:
+        threshold = threshold_edge(given)
+        threshold_method = (
+            f"given before the job ({given:g}), taken at the nearest score bin edge; the test "
+            "splits played no part"
+        )
+    elif train_pooled.n_pos and train_pooled.n_neg:
+        threshold = youden_threshold(train_pooled)
+        threshold_method = (
+            "Youden's J on the global model's score histograms of the training splits of all "
+            "sites that trained (held-out sites excluded), fixed before the test splits were "
+            "scored"
+        )
+    else:
+        raise EvidenceError("no training-split histograms of both classes: cannot fix a threshold")
+    measure = _Measure(
+        ScoreHistogram.empty(),
+        lambda h: binary_performance(h, threshold),
+        "auc",
+        _auc,
+        AUC_METHOD,
+    )
+    return {
+        "operating_point": {
+            "threshold": threshold_probability(threshold),
+            "method": threshold_method,
+            "n_train_cases": train_pooled.n,
+        },
+        "performance": _performance(global_hists, measure),
+        "external_validation": _external_validation(global_hists, measure, sorted(holdout)),
+        "heterogeneity": _heterogeneity(global_hists, threshold),
+        "calibration": _calibration(global_hists),
+        "roc": _roc(global_hists),
+        "cross_site": _cross_site(histograms, models, site_ids, measure),
+        "baselines": _baselines(histograms, models, site_ids, measure),
+    }
+
+
+SEGMENTATION_METHOD = (
+    "per test case at the site, on the model's grid: prediction = pixels of probability >= "
+    f"{PIXEL_THRESHOLD:g}; Dice over the cases with a lesion; HD95 (mm, as MONAI's "
+    "HausdorffDistanceMetric with percentile 95) over the cases with a lesion and a non-empty "
+    "prediction; false-positive rate over the cases without a lesion. Sites send per stratum "
+    "only counts, histograms on fixed bins, sums and sums of squares: means have Student t "
+    "intervals, medians distribution-free order-statistic intervals at bin resolution"
+)
+
+
+def _segmentation_sections(
+    aggregates: dict[str, dict[str, Any]],
+    models: list[str],
+    site_ids: list[str],
+    holdout: list[str],
+) -> dict[str, Any]:
+    """The global model's Dice, HD95 and false-positive rate with intervals, pooled and per
+    stratum, external validation, the cross-site mean Dice matrix and the baselines, from
+    the sites' segmentation aggregates (`validation.segmentation`)."""
+    tables = _segmentation_by_model(aggregates)
+    global_table = tables.get(GLOBAL_MODEL, {})
+    measure = _Measure(
+        SegmentationAggregate(),
+        segmentation_performance,
+        "dice_mean",
+        lambda a: mean_ci(a.dice, upper_limit=1.0).to_dict(),
+        f"mean per-case Dice; {MEAN_METHOD}",
+    )
+    return {
+        "segmentation": {
+            "pixel_threshold": PIXEL_THRESHOLD,
+            "method": SEGMENTATION_METHOD,
+            "definitions": DEFINITIONS,
+        },
+        "performance": _performance(global_table, measure),
+        "external_validation": _external_validation(global_table, measure, holdout),
+        "cross_site": _cross_site(tables, models, site_ids, measure),
+        "baselines": _baselines(tables, models, site_ids, measure),
+    }
 
 
 DRIFT_METHOD = (
@@ -278,52 +358,96 @@ def _drift(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 Histograms = dict[tuple[str, str, str], ScoreHistogram]  # (split, stratum, site) -> histogram
+#: (split, stratum, site) -> a site's aggregate of one stratum: a `ScoreHistogram` or, for
+#: segmentation, a `SegmentationAggregate`; both pool with ``+``.
+Strata = dict[tuple[str, str, str], Any]
 
 
-def _histograms_by_model(aggregates: dict[str, dict[str, Any]]) -> dict[str, Histograms]:
-    """model -> (split, stratum, site) -> histogram, from every site's aggregates."""
-    pairs: dict[str, dict[tuple[str, str, str], dict[int, list[int]]]] = defaultdict(
+@dataclass(frozen=True)
+class _Measure:
+    """How one task's aggregates become evidence.
+
+    empty: the aggregate of no cases (the neutral element of ``+``).
+    assess: one scope of ``performance`` from its aggregate.
+    key: the headline metric of cross-site matrices and baselines (``auc``, ``dice_mean``).
+    estimate: that metric with its interval (`Estimate.to_dict`), from an aggregate.
+    method: how ``estimate`` computes its interval.
+    """
+
+    empty: Any
+    assess: Callable[[Any], dict[str, Any]]
+    key: str
+    estimate: Callable[[Any], dict[str, Any]]
+    method: str
+
+
+def _grouped_by_model(
+    aggregates: dict[str, dict[str, Any]], parse: Callable[[str], tuple[str, str, Any]]
+) -> dict[str, dict[tuple[str, str, str], dict[Any, Any]]]:
+    """model -> (split, stratum, site) -> {last part of the key: value}, from every site's
+    aggregates, ``parse`` splitting each key into (split, stratum, label or field)."""
+    grouped: dict[str, dict[tuple[str, str, str], dict[Any, Any]]] = defaultdict(
         lambda: defaultdict(dict)
     )
     for site, aggregate in aggregates.items():
         for model, values in aggregate.get("models", {}).items():
-            for key, counts in values.items():
-                split, stratum, label = parse_histogram_key(key)
-                pairs[model][(split, stratum, site)][label] = counts
+            for key, value in values.items():
+                split, stratum, part = parse(key)
+                grouped[model][(split, stratum, site)][part] = value
+    return grouped
+
+
+def _histograms_by_model(aggregates: dict[str, dict[str, Any]]) -> dict[str, Histograms]:
+    """model -> (split, stratum, site) -> histogram, from every site's aggregates."""
     return {
         model: {
             key: ScoreHistogram(positives=pair[1], negatives=pair[0])
             for key, pair in by_key.items()
         }
-        for model, by_key in pairs.items()
+        for model, by_key in _grouped_by_model(aggregates, parse_histogram_key).items()
+    }
+
+
+def _segmentation_by_model(aggregates: dict[str, dict[str, Any]]) -> dict[str, Strata]:
+    """model -> (split, stratum, site) -> `SegmentationAggregate`, from every site's
+    aggregates."""
+    return {
+        model: {key: SegmentationAggregate.from_fields(f) for key, f in by_key.items()}
+        for model, by_key in _grouped_by_model(aggregates, parse_segmentation_key).items()
     }
 
 
 def _pooled(
-    histograms: Histograms, split: str, stratum: str, sites: Collection[str] | None = None
-) -> ScoreHistogram:
-    """The sum of the ``split``/``stratum`` histograms of ``sites`` (default: all sites)."""
+    table: Strata,
+    split: str,
+    stratum: str,
+    sites: Collection[str] | None = None,
+    empty: Any = None,
+) -> Any:
+    """The sum of the ``split``/``stratum`` aggregates of ``sites`` (default: all sites),
+    starting from ``empty`` (default: the empty `ScoreHistogram`)."""
     return sum(
         (
             h
-            for (s, st, si), h in histograms.items()
+            for (s, st, si), h in table.items()
             if s == split and st == stratum and (sites is None or si in sites)
         ),
-        ScoreHistogram.empty(),
+        ScoreHistogram.empty() if empty is None else empty,
     )
 
 
-def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
+def _performance(table: Strata, measure: _Measure) -> dict[str, Any]:
     """Pooled, per-site, per-manufacturer, per-scanner-model and per-subgroup (column ->
     value -> performance) performance on test data."""
-    test = {k: h for k, h in histograms.items() if k[0] == "test"}
+    test = {k: h for k, h in table.items() if k[0] == "test"}
     sites = sorted({site for _, stratum, site in test if stratum == STRATUM_SITE})
+
+    def assess(stratum: str, of_sites: Collection[str] | None = None) -> dict[str, Any]:
+        return measure.assess(_pooled(test, "test", stratum, of_sites, measure.empty))
 
     def strata_of(kind: str) -> dict[str, Any]:
         values = sorted({st.split("=", 1)[1] for _, st, _ in test if st.startswith(kind + "=")})
-        return {
-            v: binary_performance(_pooled(test, "test", f"{kind}={v}"), threshold) for v in values
-        }
+        return {v: assess(f"{kind}={v}") for v in values}
 
     subgroup_columns = sorted(
         {
@@ -333,11 +457,8 @@ def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
         }
     )
     return {
-        "pooled": binary_performance(_pooled(test, "test", STRATUM_SITE), threshold),
-        "by_site": {
-            site: binary_performance(_pooled(test, "test", STRATUM_SITE, {site}), threshold)
-            for site in sites
-        },
+        "pooled": assess(STRATUM_SITE),
+        "by_site": {site: assess(STRATUM_SITE, {site}) for site in sites},
         "by_scanner": strata_of(STRATUM_MANUFACTURER),
         "by_scanner_model": strata_of(STRATUM_SCANNER),
         "by_subgroup": {
@@ -346,24 +467,19 @@ def _performance(histograms: Histograms, threshold: int) -> dict[str, Any]:
     }
 
 
-def _external_validation(
-    histograms: Histograms, threshold: int, holdout: list[str]
-) -> dict[str, Any]:
+def _external_validation(table: Strata, measure: _Measure, holdout: list[str]) -> dict[str, Any]:
     """The global model on the test splits of the sites held out of all training
     (leave-one-site-out): each alone, and together."""
+
+    def assess(sites: Collection[str]) -> dict[str, Any]:
+        return measure.assess(_pooled(table, "test", STRATUM_SITE, sites, measure.empty))
+
     return {
         "sites": holdout,
         "method": "sites held out of all training (no round, no local-only model, no "
         "threshold); the global model tested on their test splits",
-        "by_site": {
-            site: binary_performance(_pooled(histograms, "test", STRATUM_SITE, {site}), threshold)
-            for site in holdout
-        },
-        "pooled": binary_performance(
-            _pooled(histograms, "test", STRATUM_SITE, set(holdout)), threshold
-        )
-        if holdout
-        else None,
+        "by_site": {site: assess({site}) for site in holdout},
+        "pooled": assess(set(holdout)) if holdout else None,
     }
 
 
@@ -440,36 +556,41 @@ def _auc(histogram: ScoreHistogram) -> dict[str, Any]:
     return auc_estimate(histogram).to_dict()
 
 
-def _cross_site(
-    histograms: dict[str, Histograms], models: list[str], sites: list[str]
+def _estimate(
+    tables: dict[str, Strata], model: str, measure: _Measure, sites: Collection[str] | None = None
 ) -> dict[str, Any]:
-    """AUC of every model (rows) on every site's test split (columns), with the bounds of
-    its interval in matrices of the same shape; None where a site lacks a class or did not
-    report."""
-    cells = [
-        [_auc(_pooled(histograms.get(model, {}), "test", STRATUM_SITE, {site})) for site in sites]
-        for model in models
-    ]
+    """``measure``'s headline metric of ``model`` on the test data of ``sites`` pooled."""
+    pooled = _pooled(tables.get(model, {}), "test", STRATUM_SITE, sites, measure.empty)
+    return measure.estimate(pooled)
+
+
+def _cross_site(
+    tables: dict[str, Strata], models: list[str], sites: list[str], measure: _Measure
+) -> dict[str, Any]:
+    """The headline metric (AUC, or mean Dice) of every model (rows) on every site's test
+    split (columns), with the bounds of its interval in matrices of the same shape; None
+    where it is not defined (a site lacks a class or a lesion) or a site did not report."""
+    cells = [[_estimate(tables, model, measure, {site}) for site in sites] for model in models]
     return {
         "models": models,
         "sites": sites,
-        "auc": [[c["value"] for c in row] for row in cells],
+        measure.key: [[c["value"] for c in row] for row in cells],
         "ci_low": [[c["ci_low"] for c in row] for row in cells],
         "ci_high": [[c["ci_high"] for c in row] for row in cells],
-        "method": AUC_METHOD,
+        "method": measure.method,
     }
 
 
 def _baselines(
-    histograms: dict[str, Histograms], models: list[str], sites: list[str]
+    tables: dict[str, Strata], models: list[str], sites: list[str], measure: _Measure
 ) -> dict[str, Any]:
-    """Other training regimes on the same test data: pooled AUC and AUC per site."""
+    """Other training regimes on the same test data: the headline metric pooled and per
+    site."""
 
     def summary(model: str) -> dict[str, Any]:
-        hists = histograms.get(model, {})
         return {
-            "auc": _auc(_pooled(hists, "test", STRATUM_SITE)),
-            "by_site": {s: _auc(_pooled(hists, "test", STRATUM_SITE, {s})) for s in sites},
+            measure.key: _estimate(tables, model, measure),
+            "by_site": {s: _estimate(tables, model, measure, {s}) for s in sites},
         }
 
     baselines: dict[str, Any] = {
@@ -481,25 +602,25 @@ def _baselines(
     }
     if POOLED_CENTRALIZED in models:
         baselines["pooled_centralized"] = summary(POOLED_CENTRALIZED)
-    baselines["unseen_site_comparison"] = _unseen_site_comparison(histograms, sites)
+    baselines["unseen_site_comparison"] = _unseen_site_comparison(tables, sites, measure)
     return baselines
 
 
-def _unseen_site_comparison(histograms: dict[str, Histograms], sites: list[str]) -> dict[str, Any]:
-    """Per local-only model: its AUC on the test data of the sites it never saw (all the
-    other sites, pooled), against the global model's AUC on the same data."""
+def _unseen_site_comparison(
+    tables: dict[str, Strata], sites: list[str], measure: _Measure
+) -> dict[str, Any]:
+    """Per local-only model: its headline metric on the test data of the sites it never
+    saw (all the other sites, pooled), against the global model's on the same data."""
     comparison: dict[str, Any] = {}
     for site in sites:
-        local = histograms.get(LOCAL_MODEL_PREFIX + site)
-        if local is None:
+        local = LOCAL_MODEL_PREFIX + site
+        if local not in tables:
             continue
         unseen = [s for s in sites if s != site]
-        local_auc = _auc(_pooled(local, "test", STRATUM_SITE, unseen))
-        global_auc = _auc(_pooled(histograms.get(GLOBAL_MODEL, {}), "test", STRATUM_SITE, unseen))
         comparison[site] = {
             "unseen_sites": unseen,
-            "local_only_auc": local_auc["value"],
-            "global_auc": global_auc["value"],
+            f"local_only_{measure.key}": _estimate(tables, local, measure, unseen)["value"],
+            f"global_{measure.key}": _estimate(tables, GLOBAL_MODEL, measure, unseen)["value"],
         }
     return comparison
 
@@ -555,7 +676,8 @@ def _site_entry(site: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per round: wall time, pooled test AUC and loss, and each site's metrics or error."""
+    """Per round: wall time, pooled test AUC (segmentation: mean Dice) and loss, and each
+    site's metrics or error."""
     by_round: dict[int, dict[str, Any]] = {}
     for entry in entries:
         if entry["round"] == 0:
@@ -564,6 +686,8 @@ def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if entry["phase"] == "summary":
             record["seconds"] = entry["seconds"]
             record["pooled_auc"] = entry.get("pooled-auc")
+            if "pooled-dice" in entry:
+                record["pooled_dice"] = entry["pooled-dice"]
             record["test_loss"] = entry.get("test-loss")
             continue
         if entry["phase"] == "central-dp":
@@ -582,4 +706,6 @@ def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             site["test_loss"] = entry["metrics"]["test-loss"]
             site["evaluate_seconds"] = entry["metrics"]["evaluate-seconds"]
             site["auc"] = entry["metrics"].get("auc")
+            if "dice" in entry["metrics"]:
+                site["dice"] = entry["metrics"]["dice"]
     return [by_round[r] for r in sorted(by_round)]

@@ -394,11 +394,16 @@ def threshold_probability(edge_index: int) -> float:
 WIDE_INTERVAL = 0.3
 
 
-def wide_interval_flags(performance: dict[str, Any], max_width: float = WIDE_INTERVAL) -> list[str]:
-    """The metrics of one `binary_performance` scope whose interval is wider than
-    ``max_width`` or missing, as one-line flags (``"sensitivity: interval 0.42 wide"``)."""
+def wide_interval_flags(
+    performance: dict[str, Any],
+    max_width: float = WIDE_INTERVAL,
+    names: tuple[str, ...] = ("auc", "sensitivity", "specificity", "ppv", "npv"),
+) -> list[str]:
+    """The metrics ``names`` of one performance scope (default: `binary_performance`'s)
+    whose interval is wider than ``max_width`` or missing, as one-line flags
+    (``"sensitivity: interval 0.42 wide"``)."""
     flags = []
-    for name in ("auc", "sensitivity", "specificity", "ppv", "npv"):
+    for name in names:
         metric = performance[name]
         if metric["value"] is None:
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from task.architectures import CLASSIFICATION, SEGMENTATION
 from validation.report import figures
 from validation.report.blocks import (
     Block,
@@ -22,10 +23,12 @@ from validation.report.blocks import (
 )
 from validation.report.fmt import NA, bounds, estimate, general, is_number, number, p_value, percent
 from validation.report.sections import (
+    HEADLINES,
     SIMULATED,
     as_mapping,
     count_cell,
-    performance_table,
+    scope_table,
+    task,
 )
 from validation.report.source import ReportSource, dig
 
@@ -39,18 +42,12 @@ def performance(src: ReportSource) -> Section:
     """Performance."""
     data = src.data
     perf = data["performance"]
-    operating = as_mapping(data.get("operating_point"))
     simulated = f" ({SIMULATED})" if src.simulated else ""
+    segmentation = task(src) == SEGMENTATION
     blocks: list[Block] = [
-        Fields(
-            (
-                ("Model", "the final global model, on the sites' held-out test splits"),
-                ("Operating threshold", number(operating.get("threshold"))),
-                ("Threshold chosen by", general(operating.get("method"))),
-                ("Training cases behind it", general(operating.get("n_train_cases"))),
-            )
-        ),
-        performance_table(
+        _measured(src),
+        scope_table(
+            src,
             "Global model: all sites' test data pooled, and each site's.",
             "evidence.json performance.pooled, performance.by_site",
             {"pooled": perf["pooled"], **as_mapping(perf.get("by_site"))},
@@ -59,7 +56,8 @@ def performance(src: ReportSource) -> Section:
     for key, what in (("by_scanner", "manufacturer"), ("by_scanner_model", "scanner model")):
         strata = as_mapping(perf.get(key))
         blocks.append(
-            performance_table(
+            scope_table(
+                src,
                 f"Global model by {what} (test data of all sites pooled){simulated}.",
                 f"evidence.json performance.{key}",
                 strata,
@@ -71,16 +69,40 @@ def performance(src: ReportSource) -> Section:
     if external.get("sites"):
         pooled = {"held-out sites pooled": external["pooled"]} if external.get("pooled") else {}
         blocks.append(
-            performance_table(
+            scope_table(
+                src,
                 "External validation: sites held out of all training "
                 f"({general(external.get('method'))}).",
                 "evidence.json external_validation",
                 {**as_mapping(external.get("by_site")), **pooled},
             )
         )
-    blocks.append(_roc_figure(src))
-    blocks += _heterogeneity(src)
+    if not segmentation:  # ROC curves and forest plots are the classifier's
+        blocks.append(_roc_figure(src))
+        blocks += _heterogeneity(src)
     return Section("sec-performance", "Performance", tuple(blocks))
+
+
+def _measured(src: ReportSource) -> Fields:
+    """What the performance tables measure: the model, and its operating threshold or, for
+    segmentation, its pixel threshold, method and metric definitions."""
+    if task(src) == SEGMENTATION:
+        method = as_mapping(src.data.get("segmentation"))
+        fields = (
+            ("Pixel threshold", number(method.get("pixel_threshold"))),
+            ("Method", general(method.get("method"))),
+            *((str(k), general(v)) for k, v in as_mapping(method.get("definitions")).items()),
+        )
+    else:
+        operating = as_mapping(src.data.get("operating_point"))
+        fields = (
+            ("Operating threshold", number(operating.get("threshold"))),
+            ("Threshold chosen by", general(operating.get("method"))),
+            ("Training cases behind it", general(operating.get("n_train_cases"))),
+        )
+    return Fields(
+        (("Model", "the final global model, on the sites' held-out test splits"), *fields)
+    )
 
 
 def _roc_figure(src: ReportSource) -> Block:
@@ -194,16 +216,18 @@ def _heterogeneity_row(scope: str, metric: str, meta: Mapping[str, Any]) -> Row:
 def cross_site(src: ReportSource) -> Section:
     """Cross-site validation and baselines."""
     cross = as_mapping(src.data.get("cross_site"))
+    headline = HEADLINES[task(src)]
     blocks: list[Block] = []
-    models, sites, matrix = cross.get("models"), cross.get("sites"), cross.get("auc")
+    models, sites, matrix = cross.get("models"), cross.get("sites"), cross.get(headline.key)
     if isinstance(models, list) and isinstance(sites, list) and isinstance(matrix, list):
         blocks.append(
             figures.heatmap(
                 "fig-cross-site",
-                "Cross-site matrix: the test AUC of every model (rows: the global model, each "
-                "site's local-only model, the pooled-centralized baseline) on every site's test "
-                "data (columns); empty where a site lacks a class or did not report.",
-                "evidence.json cross_site.auc",
+                f"Cross-site matrix: the test {headline.name} of every model (rows: the global "
+                "model, each site's local-only model, the pooled-centralized baseline) on every "
+                "site's test data (columns); empty where it is not defined or a site did not "
+                "report.",
+                f"evidence.json cross_site.{headline.key}",
                 [str(m) for m in models],
                 [str(s) for s in sites],
                 matrix,
@@ -214,7 +238,7 @@ def cross_site(src: ReportSource) -> Section:
             Table(
                 f"Cross-site matrix with 95% CIs ({method}): rows models, columns sites' test "
                 "data.",
-                "evidence.json cross_site.auc, cross_site.ci_low, cross_site.ci_high",
+                f"evidence.json cross_site.{headline.key}, cross_site.ci_low, cross_site.ci_high",
                 ("Model", *map(str, sites)),
                 tuple(
                     row(
@@ -247,7 +271,8 @@ def _baselines(src: ReportSource) -> list[Block]:
     baselines = as_mapping(src.data.get("baselines"))
     if not baselines:
         return [not_available("Baselines (evidence.json baselines)")]
-    regimes = {"global (federated)": {"auc": dig(src.data, "performance", "pooled", "auc")}}
+    key, name = HEADLINES[task(src)].key, HEADLINES[task(src)].name
+    regimes = {"global (federated)": {key: dig(src.data, "performance", "pooled", key)}}
     if isinstance(baselines.get("pooled_centralized"), Mapping):
         regimes["pooled-centralized"] = baselines["pooled_centralized"]
     regimes |= {f"local-only {k}": v for k, v in as_mapping(baselines.get("local_only")).items()}
@@ -256,9 +281,9 @@ def _baselines(src: ReportSource) -> list[Block]:
             "Training regimes compared on the same test data (all sites pooled): the global "
             "model, all training data in one place (possible only in a simulation), and each "
             "site alone.",
-            "evidence.json baselines, performance.pooled.auc",
-            ("Model", "Pooled test AUC [95% CI]"),
-            tuple(row(name, estimate(as_mapping(v).get("auc"))) for name, v in regimes.items()),
+            f"evidence.json baselines, performance.pooled.{key}",
+            ("Model", f"Pooled test {name} [95% CI]"),
+            tuple(row(regime, estimate(as_mapping(v).get(key))) for regime, v in regimes.items()),
         )
     ]
     unseen = as_mapping(baselines.get("unseen_site_comparison"))
@@ -268,13 +293,13 @@ def _baselines(src: ReportSource) -> list[Block]:
                 "Each local-only model on the sites it never saw (their test data pooled), "
                 "against the global model on the same data.",
                 "evidence.json baselines.unseen_site_comparison",
-                ("Local-only model of", "Unseen sites", "Local-only AUC", "Global AUC"),
+                ("Local-only model of", "Unseen sites", f"Local-only {name}", f"Global {name}"),
                 tuple(
                     row(
                         str(site),
                         general(as_mapping(v).get("unseen_sites")),
-                        number(as_mapping(v).get("local_only_auc")),
-                        number(as_mapping(v).get("global_auc")),
+                        number(as_mapping(v).get(f"local_only_{key}")),
+                        number(as_mapping(v).get(f"global_{key}")),
                     )
                     for site, v in unseen.items()
                 ),
@@ -286,6 +311,12 @@ def _baselines(src: ReportSource) -> list[Block]:
 def calibration(src: ReportSource) -> Section:
     """Calibration."""
     section = as_mapping(src.data.get("calibration"))
+    if task(src) == SEGMENTATION:
+        return Section(
+            "sec-calibration",
+            "Calibration",
+            (Note("info", "Calibration: not assessed for segmentation (no image-level score)."),),
+        )
     if not section:
         return Section(
             "sec-calibration",
@@ -358,15 +389,16 @@ def subgroups(src: ReportSource) -> Section:
     for column, strata in columns.items():
         strata = as_mapping(strata)
         source = f"evidence.json performance.by_subgroup.{column}"
-        figure = figures.metric_bars(
-            f"fig-subgroup-{column}",
-            f"Global model by {column}: AUC, sensitivity and specificity with 95% CIs (test "
-            "data of all sites pooled).",
-            source,
-            strata,
-        )
-        blocks += [figure] if figure else []
-        blocks.append(performance_table(f"Global model by {column}.", source, strata))
+        if task(src) == CLASSIFICATION:
+            figure = figures.metric_bars(
+                f"fig-subgroup-{column}",
+                f"Global model by {column}: AUC, sensitivity and specificity with 95% CIs "
+                "(test data of all sites pooled).",
+                source,
+                strata,
+            )
+            blocks += [figure] if figure else []
+        blocks.append(scope_table(src, f"Global model by {column}.", source, strata))
     return Section("sec-subgroups", "Subgroups", tuple(blocks))
 
 
@@ -511,9 +543,15 @@ def limitations(src: ReportSource) -> Section:
         "Retrospective, standalone evaluation of the model's output: no reader study, so the "
         "performance of the clinician with the model (the human-AI team) is not measured."
     )
+    segmentation = task(src) == SEGMENTATION
     items.append(
-        "Metrics come from the sites' score histograms (no case-level data leave a site): AUCs "
-        "and intervals are exact up to the histogram's binning, and no failure analysis of "
+        "Metrics come from the sites' aggregates of per-case Dice and HD95 (no mask, prediction "
+        "or case-level value leaves a site): means and their intervals are exact, medians and "
+        "their intervals are at the resolution of fixed bins, and no failure analysis of "
+        "individual cases is possible here."
+        if segmentation
+        else "Metrics come from the sites' score histograms (no case-level data leave a site): "
+        "AUCs and intervals are exact up to the histogram's binning, and no failure analysis of "
         "individual misclassified cases is possible here."
     )
     wide = [
@@ -565,7 +603,9 @@ def limitations(src: ReportSource) -> Section:
             "and the guarantee covers the released models, not the sites' stores."
         )
     items.append(
-        "The operating threshold was fixed on the training splits of the same sites; at a new "
-        "site (other prevalence, scanners) it may need to be set again."
+        "The pixel threshold is fixed at a probability of 0.5, not tuned on any data."
+        if segmentation
+        else "The operating threshold was fixed on the training splits of the same sites; at a "
+        "new site (other prevalence, scanners) it may need to be set again."
     )
     return Section("sec-limitations", "Limitations", (Text(tuple(items), bullets=True),))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from markdown_it import MarkdownIt
 
+from task.architectures import CLASSIFICATION, SEGMENTATION
 from validation.report import figures
 from validation.report.blocks import (
     Block,
@@ -56,6 +58,35 @@ TASK = (
     "(lesion present), 0 = negative; the reference is each site's labels.csv label "
     "(medfed's task definition)"
 )
+#: The metrics of the segmentation tables (validation.segmentation).
+SEGMENTATION_METRICS = {
+    "dice_mean": "Dice, mean",
+    "dice_median": "Dice, median",
+    "hd95_median": "HD95 (mm), median",
+    "hd95_mean": "HD95 (mm), mean",
+    "false_positive_rate": "False positives, cases without lesion",
+}
+SEGMENTATION_TASK = (
+    "lesion segmentation of one 2-D image per case: each pixel lesion or not; the reference "
+    "is each site's lesion mask (labels.csv mask column; empty for a case without a lesion) "
+    "(medfed's task definition)"
+)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A task's headline metric (cross-site matrix, baselines, rounds): its key in
+    performance scopes, cross_site and baselines; its name; its key in rounds[]."""
+
+    key: str
+    name: str
+    per_round: str
+
+
+HEADLINES = {
+    CLASSIFICATION: Headline("auc", "AUC", "pooled_auc"),
+    SEGMENTATION: Headline("dice_mean", "mean Dice", "pooled_dice"),
+}
 PREPROCESSING = (
     "one 2-D grayscale image per case (a DICOM instance; a multi-frame instance by its middle "
     "frame), modality LUT applied, MONOCHROME1 inverted, resized to {size} and scaled by its "
@@ -79,6 +110,12 @@ def site_entries(src: ReportSource) -> list[Mapping[str, Any]]:
     return [s for s in src.data["sites"] if isinstance(s, Mapping) and "id" in s]
 
 
+def task(src: ReportSource) -> str:
+    """The run's task: ``classification`` (also for evidence before schema 2.1) or
+    ``segmentation``."""
+    return SEGMENTATION if dig(src.data, "run", "task") == SEGMENTATION else CLASSIFICATION
+
+
 def description(src: ReportSource) -> str:
     """The run's one-sentence description of its data."""
     text = dig(src.data, "run", "data", "description")
@@ -99,11 +136,11 @@ def metric_cell(metric: Any) -> Cell:
     return Cell(number(value), bounds(metric), "num" if is_number(value) else "na")
 
 
-def _methods(performance: Mapping[str, Any]) -> str:
+def _methods(performance: Mapping[str, Any], metrics: Mapping[str, str] = METRICS) -> str:
     """The interval methods named in a performance entry, e.g. "AUC: DeLong ...; ..."."""
     methods = {
         label: method
-        for key, label in METRICS.items()
+        for key, label in metrics.items()
         if isinstance(method := dig(performance, key, "method"), str)
     }
     if not methods:
@@ -140,6 +177,37 @@ def performance_table(caption: str, source: str, scopes: Mapping[str, Any]) -> T
     )
 
 
+def segmentation_table(caption: str, source: str, scopes: Mapping[str, Any]) -> Table:
+    """One row per scope of a segmentation ``performance``-shaped mapping: cases (with a
+    lesion), the five metrics with their intervals, missed lesions and flags."""
+    rows: list[Row] = []
+    for name, result in scopes.items():
+        result = as_mapping(result)
+        flags = "; ".join(str(f) for f in result.get("flags") or []) or "none"
+        rows.append(
+            row(
+                Cell(str(name)),
+                Cell(general(result.get("n")), f"{general(result.get('n_pos'))} lesion", "num"),
+                *(metric_cell(result.get(m)) for m in SEGMENTATION_METRICS),
+                Cell(general(result.get("n_missed")), css="num"),
+                Cell(flags, css="" if flags == "none" else "flag"),
+            )
+        )
+    first = next((v for v in scopes.values() if isinstance(v, Mapping)), {})
+    return Table(
+        caption,
+        source + _methods(first, SEGMENTATION_METRICS),
+        ("Scope", "n", *SEGMENTATION_METRICS.values(), "Missed", "Flags"),
+        tuple(rows),
+    )
+
+
+def scope_table(src: ReportSource, caption: str, source: str, scopes: Mapping[str, Any]) -> Table:
+    """`performance_table`, or `segmentation_table` for a segmentation run."""
+    table = segmentation_table if task(src) == SEGMENTATION else performance_table
+    return table(caption, source, scopes)
+
+
 def guarded(builder: Callable[[ReportSource], Section], src: ReportSource) -> Section:
     """``builder(src)``, or, if the evidence's part is malformed, a section saying so."""
     try:
@@ -162,6 +230,7 @@ def summary(src: ReportSource) -> Section:
     """Summary."""
     data = src.data
     pooled = as_mapping(data["performance"]["pooled"])
+    segmentation = task(src) == SEGMENTATION
     verdicts = [e.get("passed") for e in data.get("acceptance") or [] if isinstance(e, Mapping)]
     acceptance = (
         f"{verdicts.count(True)} passed, {verdicts.count(False)} failed, "
@@ -175,10 +244,18 @@ def summary(src: ReportSource) -> Section:
             ("Sites", ", ".join(str(s["id"]) for s in site_entries(src)) or NA),
             (
                 "Test cases (pooled)",
-                f"{general(pooled.get('n'))} ({general(pooled.get('n_pos'))} positive)",
+                f"{general(pooled.get('n'))} ({general(pooled.get('n_pos'))} "
+                f"{'with a lesion' if segmentation else 'positive'})",
             ),
-            ("Operating threshold", number(dig(data, "operating_point", "threshold"))),
-            *((label, estimate(pooled.get(key))) for key, label in METRICS.items()),
+            (
+                ("Pixel threshold", number(dig(data, "segmentation", "pixel_threshold")))
+                if segmentation
+                else ("Operating threshold", number(dig(data, "operating_point", "threshold")))
+            ),
+            *(
+                (label, estimate(pooled.get(key)))
+                for key, label in (SEGMENTATION_METRICS if segmentation else METRICS).items()
+            ),
             ("Acceptance criteria", acceptance),
         )
     )
@@ -230,20 +307,28 @@ def intended_use(src: ReportSource) -> Section:
         )
         gaps.append("Intended use statement (medfed report --intended-use FILE)")
     size = dig(src.data, "model", "config", "image_size")
-    threshold = dig(src.data, "operating_point", "threshold")
+    if task(src) == SEGMENTATION:
+        what, output = (
+            SEGMENTATION_TASK,
+            "a lesion probability per pixel, lesion at >= "
+            f"{number(dig(src.data, 'segmentation', 'pixel_threshold'))} (see Performance)",
+        )
+    else:
+        what, output = (
+            TASK,
+            "a score per image, called positive at a predicted probability >= "
+            f"{number(dig(src.data, 'operating_point', 'threshold'))} (the operating "
+            "threshold; see Performance)",
+        )
     blocks.append(
         Fields(
             (
-                ("Task", TASK),
+                ("Task", what),
                 (
                     "Input",
                     PREPROCESSING.format(size=f"{size}x{size}" if size else "the model's input"),
                 ),
-                (
-                    "Output",
-                    "a score per image, called positive at a predicted probability >= "
-                    f"{number(threshold)} (the operating threshold; see Performance)",
-                ),
+                ("Output", output),
                 ("Data", description(src)),
                 ("Modality and body part", _modality_and_body_part(src)),
             )
@@ -592,31 +677,32 @@ def _participation(src: ReportSource, rounds: list[Mapping[str, Any]]) -> list[B
     site_ids = [str(s["id"]) for s in site_entries(src)]
     for r in rounds:
         site_ids += [s for s in as_mapping(r.get("sites")) if s not in site_ids]
+    name, pooled = HEADLINES[task(src)].name, HEADLINES[task(src)].per_round
     blocks: list[Block] = [
         Table(
             "Participation per round: what each site did (trained, evaluated, failed, "
-            "refused), the round's wall time and the global model's pooled test AUC.",
+            f"refused), the round's wall time and the global model's pooled test {name}.",
             "evidence.json rounds[]",
-            ("Round", "Seconds", "Pooled AUC", *site_ids),
+            ("Round", "Seconds", f"Pooled {name}", *site_ids),
             tuple(
                 row(
                     general(r.get("round")),
                     number(r.get("seconds"), 1),
-                    number(r.get("pooled_auc")),
+                    number(r.get(pooled)),
                     *(_round_status(as_mapping(r.get("sites")).get(s)) for s in site_ids),
                 )
                 for r in rounds
             ),
         )
     ]
-    points = [(r["round"], r["pooled_auc"]) for r in rounds if is_number(r.get("pooled_auc"))]
+    points = [(r["round"], r[pooled]) for r in rounds if is_number(r.get(pooled))]
     figure = figures.lines(
         "fig-rounds",
-        "Pooled test AUC of the global model after each round.",
-        "evidence.json rounds[].pooled_auc",
-        {"pooled test AUC": ([p[0] for p in points], [p[1] for p in points])},
+        f"Pooled test {name} of the global model after each round.",
+        f"evidence.json rounds[].{pooled}",
+        {f"pooled test {name}": ([p[0] for p in points], [p[1] for p in points])},
         "round",
-        "AUC",
+        name,
     )
     return blocks + ([figure] if figure else [])
 
