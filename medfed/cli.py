@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medfed.delivery_commands import add_deliver_command
 from medfed.deploy_commands import add_coordinator_commands, add_site_commands
 from medfed.progress import CountProgress
 from task.architectures import (
@@ -696,6 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="its architecture, a classifier (default: blob)",
     )
     drift.set_defaults(run=_site_drift)
+    add_deliver_command(site_commands)
     add_site_commands(site_commands)
 
     validate = commands.add_parser(

@@ -10,9 +10,9 @@ class CountProgress:
     """Shows ``label: done/total``: redrawn in place on a terminal, otherwise a line at
     every quarter so that logs stay short."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.interactive = stream.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream  # the current one, not import's
+        self.interactive = self.stream.isatty()
         self._last_quarter: dict[str, int] = {}
 
     def __call__(self, label: str, done: int, total: int) -> None:

@@ -29,6 +29,12 @@ band_width = 10                     # band width in the column's unit (default: 
 
 [coordinator]        # optional: the consortium's coordinator (written by `medfed site join`)
 signing_public_key = "kit/model-signing.pub"   # refuse any model not signed with its key
+
+[delivery]           # optional: results for the hospital's systems (`medfed site deliver`)
+uncertainty_band = 0.05   # scores this close to the operating threshold are equivocal
+case_id_system = "https://hospital.example/id/medfed-case"   # default urn:medfed:<site>:case-id
+patient_id_system = "https://hospital.example/id/mrn"        # needed for the link file's patient_id
+accession_system = "https://hospital.example/id/accession"   # for its accession_number
 ```
 """
 
@@ -215,6 +221,39 @@ class EvaluationPolicy:
             raise PolicyError(f"band_width must be >= 1, got {self.band_width}")
 
 
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How the site delivers results to the hospital's EHR and PACS (`site_client.delivery`).
+
+    uncertainty_band: a score closer than this to the operating threshold is reported as
+        equivocal (review advised); ``medfed site deliver --uncertainty-band`` overrides it.
+    case_id_system: the FHIR identifier system (a URI) of medfed's pseudonymous case ids at
+        this site; None: ``urn:medfed:<site_id>:case-id``.
+    patient_id_system, accession_system: the hospital's identifier systems (URIs) for the
+        patient ids and accession numbers of a link file; needed only when it has them.
+    """
+
+    uncertainty_band: float = 0.05
+    case_id_system: str | None = None
+    patient_id_system: str | None = None
+    accession_system: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.uncertainty_band, bool) or not isinstance(
+            self.uncertainty_band, int | float
+        ):
+            raise PolicyError(f"uncertainty_band must be a number, got {self.uncertainty_band!r}")
+        if not 0 <= self.uncertainty_band < 0.5:
+            raise PolicyError(f"uncertainty_band must be in [0, 0.5), got {self.uncertainty_band}")
+        for name in ("case_id_system", "patient_id_system", "accession_system"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not _URI.match(value)):
+                raise PolicyError(f"{name} must be an absolute URI (scheme:...), got {value!r}")
+
+
+#: An absolute URI without spaces, as FHIR identifier systems are.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+
 #: Default delta = DEFAULT_DELTA_SCALE / n_train.
 DEFAULT_DELTA_SCALE = 0.1
 
@@ -232,6 +271,7 @@ class SitePolicy:
     receiver: the DICOM receiver's settings (the ``[receiver]`` table).
     evaluation: the subgroup results that may leave the site (the ``[evaluation]`` table).
     coordinator: what the site requires of the coordinator (the ``[coordinator]`` table).
+    delivery: how results reach the hospital's systems (the ``[delivery]`` table).
     """
 
     site_id: str
@@ -242,6 +282,7 @@ class SitePolicy:
     receiver: ReceiverPolicy = field(default_factory=ReceiverPolicy)
     evaluation: EvaluationPolicy = field(default_factory=EvaluationPolicy)
     coordinator: CoordinatorPolicy = field(default_factory=CoordinatorPolicy)
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
 
     def __post_init__(self) -> None:
         if not _SITE_ID.match(self.site_id):
@@ -289,6 +330,7 @@ _TABLES: dict[str, type] = {
     "receiver": ReceiverPolicy,
     "evaluation": EvaluationPolicy,
     "coordinator": CoordinatorPolicy,
+    "delivery": DeliveryPolicy,
 }
 
 

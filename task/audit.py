@@ -49,6 +49,7 @@ class AuditEvent(StrEnum):
     SITE_REGISTERED = "site registered"
     RUN_SUBMITTED = "run submitted"
     DRIFT_CHECKED = "drift checked"
+    RESULTS_DELIVERED = "results delivered"
 
 
 Detail = str | int | float | bool | None

@@ -27,6 +27,7 @@ COMMANDS = [
     "site receive",
     "site label",
     "site budget",
+    "site deliver",
     "site drift",
     "simulate",
     "validate",
