@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from medfed.delivery_commands import add_deliver_command
 from medfed.deploy_commands import add_coordinator_commands, add_site_commands
 from medfed.progress import CountProgress
+from medfed.review_commands import add_review_commands
 from task.architectures import (
     CLASSIFICATION,
     DEFAULT_MODELS,
@@ -698,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drift.set_defaults(run=_site_drift)
     add_deliver_command(site_commands)
+    add_review_commands(site_commands)
     add_site_commands(site_commands)
 
     validate = commands.add_parser(

@@ -19,7 +19,7 @@ from pathlib import Path
 from site_client.deid import Deidentifier
 from site_client.ingest import assign_splits
 from site_client.store import Acquisition, CaseRecord, SiteStore
-from task.labels import UID_KEY, LabelRowError, read_labels
+from task.labels import UID_KEY, LabelRow, LabelRowError, read_labels
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,12 @@ class LabelOutcome:
     waiting: int = 0
 
 
+def check_test_fraction(test_fraction: float) -> None:
+    """`ValueError` unless ``test_fraction`` (the test share of a seeded split) is in [0, 1]."""
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+
+
 def label_received(
     store: SiteStore, labels_csv: Path, seed: int = 0, test_fraction: float = 0.3
 ) -> LabelOutcome:
@@ -131,16 +137,11 @@ def label_received(
     `LabelsFileError` when the file cannot be used at all, `ValueError` for a
     ``test_fraction`` outside [0, 1].
     """
-    if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+    check_test_fraction(test_fraction)
     labels = read_labels(labels_csv, key=UID_KEY)
-    index = ReceivedIndex(store)
     manifest = store.read_manifest()
     in_manifest = {r.case_id for r in manifest}
-    received = index.cases()
-    for case_id in received.keys() & in_manifest:  # left by an interrupted labelling
-        index.remove(case_id)
-        del received[case_id]
+    received = waiting_cases(store, in_manifest)
     pseudonym = Deidentifier(store.secret).pseudonym
     outcome = LabelOutcome(rows=len(labels.rows) + len(labels.errors), invalid=labels.errors)
     chosen = []
@@ -152,7 +153,38 @@ def label_received(
             chosen.append((received[case_id], row))
         else:
             outcome.unknown_lines.append(row.line)
-    unsplit = {case.case_id: row.label for case, row in chosen if row.split is None}
+    records = admit_received(store, manifest, chosen, seed, test_fraction)
+    for record in records:
+        outcome.splits[record.split] = outcome.splits.get(record.split, 0) + 1
+    outcome.labelled = len(records)
+    outcome.unknown_lines.sort()
+    outcome.waiting = len(received) - len(records)
+    return outcome
+
+
+def waiting_cases(store: SiteStore, in_manifest: set[str]) -> dict[str, ReceivedCase]:
+    """The received cases still waiting for a label, by case id; a case the manifest holds
+    already (``in_manifest``: left by an interrupted labelling) leaves the index."""
+    index = ReceivedIndex(store)
+    received = index.cases()
+    for case_id in received.keys() & in_manifest:
+        index.remove(case_id)
+        del received[case_id]
+    return received
+
+
+def admit_received(
+    store: SiteStore,
+    manifest: list[CaseRecord],
+    labelled: list[tuple[ReceivedCase, LabelRow]],
+    seed: int,
+    test_fraction: float,
+) -> list[CaseRecord]:
+    """Write ``manifest`` followed by the received cases of ``labelled`` with their rows'
+    labels, splits and subgroups (rows without a split: a seeded split stratified by label,
+    as ingest does), then drop those cases from the received index. Returns their records,
+    by case id."""
+    unsplit = {case.case_id: row.label for case, row in labelled if row.split is None}
     splits = assign_splits(unsplit, seed, test_fraction)
     records = [
         CaseRecord(
@@ -166,13 +198,10 @@ def label_received(
             subgroups=dict(row.subgroups),
             acquisition=case.acquisition,
         )
-        for case, row in sorted(chosen, key=lambda pair: pair[0].case_id)
+        for case, row in sorted(labelled, key=lambda pair: pair[0].case_id)
     ]
     store.write_manifest(manifest + records)
+    index = ReceivedIndex(store)
     for record in records:  # only once the manifest holds them
         index.remove(record.case_id)
-        outcome.splits[record.split] = outcome.splits.get(record.split, 0) + 1
-    outcome.labelled = len(records)
-    outcome.unknown_lines.sort()
-    outcome.waiting = len(received) - len(records)
-    return outcome
+    return records

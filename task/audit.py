@@ -50,6 +50,8 @@ class AuditEvent(StrEnum):
     RUN_SUBMITTED = "run submitted"
     DRIFT_CHECKED = "drift checked"
     RESULTS_DELIVERED = "results delivered"
+    REVIEW_QUEUE_BUILT = "review queue built"
+    LABEL_REVIEWED = "label reviewed"
 
 
 Detail = str | int | float | bool | None
