@@ -68,8 +68,14 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _interval(estimate: dict[str, float]) -> str:
-    return f"{estimate['value']:.3f} [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
+def _interval(estimate: dict[str, float | None]) -> str:
+    """An evidence estimate as "value [low, high]", "value (no interval)" or "n/a"."""
+    value, low, high = estimate["value"], estimate["ci_low"], estimate["ci_high"]
+    if value is None:
+        return "n/a"
+    if low is None or high is None:
+        return f"{value:.3f} (no interval)"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def federated_quality(
@@ -99,9 +105,7 @@ def federated_quality(
     pooled = json.loads(result.evidence.read_text())["performance"]["pooled"]
     if "auc" in pooled:
         return _interval(pooled["auc"]), seconds
-    hd95 = pooled["hd95_median"]
-    hd95_text = "n/a" if hd95["value"] is None else _interval(hd95)
-    return f"{_interval(pooled['dice_mean'])} | {hd95_text}", seconds
+    return f"{_interval(pooled['dice_mean'])} | {_interval(pooled['hd95_median'])}", seconds
 
 
 def latency_ms(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> str:
