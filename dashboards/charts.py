@@ -3,6 +3,7 @@ no statistic computed here."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -14,13 +15,17 @@ from dashboards.runs import (
     AcceptanceEntry,
     Calibration,
     CrossSite,
+    Estimate,
     ForestRow,
     MetaAnalysis,
     RocCurve,
     Round,
     Site,
+    SiteDrift,
     SiteRound,
+    TaskView,
 )
+from validation.report.sections import Headline
 
 #: One colour per site (or run), the same in every chart of a page.
 PALETTE = qualitative.Plotly + qualitative.Dark24
@@ -36,6 +41,7 @@ VERDICT_COLORS = {"pass": "#2e7d32", "fail": "#c62828", "not judged": "#9e9e9e"}
 #: Per-site, per-round series the training page can show: label -> SiteRound field.
 SITE_ROUND_SERIES = {
     "test AUC": "auc",
+    "test Dice": "dice",
     "test loss": "test_loss",
     "training loss": "train_loss",
     "epsilon spent": "epsilon",
@@ -222,19 +228,23 @@ def epsilon_per_round(
 # --- training -----------------------------------------------------------------------------
 
 
-def global_per_round(runs: Mapping[str, Sequence[Round]]) -> go.Figure:
-    """The global model's pooled test AUC and loss per round, one line per run."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("pooled test AUC", "pooled test loss"))
+def global_per_round(
+    runs: Mapping[str, Sequence[Round]], headlines: Sequence[Headline]
+) -> go.Figure:
+    """The global model's pooled test ``headlines`` (AUC, mean Dice: one panel each) and loss
+    per round, one line per run."""
+    titles = [f"pooled test {h.name}" for h in headlines] + ["pooled test loss"]
+    fields = [h.per_round for h in headlines] + ["test_loss"]
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
     palette = colors(list(runs))
     for label, rounds in runs.items():
         x = [r.number for r in rounds]
-        columns = ((1, [r.pooled_auc for r in rounds]), (2, [r.test_loss for r in rounds]))
-        for col, values in columns:
+        for col, field in enumerate(fields, start=1):
             fig.add_scatter(
                 row=1,
                 col=col,
                 x=x,
-                y=values,
+                y=[getattr(r, field) for r in rounds],
                 name=label,
                 legendgroup=label,
                 showlegend=col == 1,
@@ -243,6 +253,16 @@ def global_per_round(runs: Mapping[str, Sequence[Round]]) -> go.Figure:
             )
     fig.update_xaxes(_round_axis([r.number for rounds in runs.values() for r in rounds]))
     return _finish(fig, height=380)
+
+
+def site_round_series(runs: Mapping[str, Sequence[Round]]) -> list[str]:
+    """The `SITE_ROUND_SERIES` some site recorded in some round of ``runs``."""
+    records = [s for rounds in runs.values() for r in rounds for s in r.sites.values()]
+    return [
+        label
+        for label, field in SITE_ROUND_SERIES.items()
+        if any(getattr(record, field) is not None for record in records)
+    ]
 
 
 def sites_per_round(runs: Mapping[str, Sequence[Round]], series: str) -> go.Figure:
@@ -300,8 +320,10 @@ def phase_times(runs: Mapping[str, Mapping[str, float]]) -> go.Figure:
 # --- cross-site and cross-scanner ---------------------------------------------------------
 
 
-def cross_site_matrix(cross: CrossSite) -> go.Figure:
-    """Heatmap of the AUC of every model (rows) on every site's test data (columns)."""
+def cross_site_matrix(cross: CrossSite, task: TaskView) -> go.Figure:
+    """Heatmap of the task's headline metric (AUC, mean Dice) of every model (rows) on every
+    site's test data (columns)."""
+    name = task.headline.name
 
     def interval(i: int, j: int) -> str:
         cell = cross.ci[i][j] if cross.ci else None
@@ -311,29 +333,92 @@ def cross_site_matrix(cross: CrossSite) -> go.Figure:
 
     fig = go.Figure(
         go.Heatmap(
-            z=[list(row) for row in cross.auc],
+            z=[list(row) for row in cross.values],
             x=list(cross.sites),
             y=list(cross.models),
-            text=[["n/a" if v is None else f"{v:.3f}" for v in row] for row in cross.auc],
+            text=[["n/a" if v is None else f"{v:.3f}" for v in row] for row in cross.values],
             texttemplate="%{text}",
             customdata=[
                 [interval(i, j) for j in range(len(cross.sites))] for i in range(len(cross.models))
             ],
-            hovertemplate="model %{y} on %{x}'s test data: AUC %{text}%{customdata}<extra></extra>",
+            hovertemplate=f"model %{{y}} on %{{x}}'s test data: {name} %{{text}}%{{customdata}}"
+            "<extra></extra>",
             colorscale="RdYlGn",
-            zmin=0.5,
+            zmin=task.floor,
             zmax=1.0,
-            colorbar={"title": {"text": "AUC"}},
+            colorbar={"title": {"text": name}},
             xgap=2,
             ygap=2,
         )
     )
     return _finish(
         fig,
-        "Cross-site AUC (rows: models; columns: each site's test data)",
+        f"Cross-site {name} (rows: models; columns: each site's test data)",
         height=max(300, 34 * len(cross.models) + 160),
         xaxis={"title": "test data of site", "type": "category", "side": "bottom"},
         yaxis={"title": "model", "type": "category", "autorange": "reversed"},
+    )
+
+
+def _points(
+    rows: Sequence[ForestRow], labels: Sequence[str], name: str, marker: dict[str, object]
+) -> go.Scatter:
+    """Strata as markers (``marker``) at their estimates, with their intervals (and their
+    weights in a meta-analysis)."""
+    color = str(marker["color"])
+    weighted = any(r.weight is not None for r in rows)
+    return go.Scatter(
+        x=[r.estimate for r in rows],
+        y=list(labels),
+        mode="markers",
+        name=name,
+        marker=marker,
+        error_x=_error_bars(
+            [r.estimate for r in rows], [r.ci_low for r in rows], [r.ci_high for r in rows], color
+        ),
+        customdata=[[r.ci_low, r.ci_high, r.weight] for r in rows],
+        hovertemplate="%{y}: %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+        + (", weight %{customdata[2]:.2f}" if weighted else "")
+        + f"<extra>{name}</extra>",
+    )
+
+
+def _stratum_label(row: ForestRow) -> str:
+    return f"{row.name} (n={row.n})" if row.n is not None else row.name
+
+
+def _diamond(fig: go.Figure, label: str, estimate: Estimate, color: str) -> None:
+    """A pooled estimate as a diamond with its interval (nothing when undefined)."""
+    if estimate.value is None:
+        return
+    fig.add_scatter(
+        x=[estimate.value],
+        y=[label],
+        mode="markers",
+        name=label,
+        marker={"symbol": "diamond", "size": 16, "color": color},
+        error_x=_error_bars([estimate.value], [estimate.ci_low], [estimate.ci_high], color),
+        hovertemplate=f"{label}: %{{x:.3f}} [{estimate.ci_low or 0:.3f}, "
+        f"{estimate.ci_high or 0:.3f}]<extra>{estimate.method}</extra>",
+    )
+
+
+def _forest_layout(
+    fig: go.Figure, title: str, n_rows: int, axis: str, lows: Sequence[float | None], bounded: bool
+) -> go.Figure:
+    """A forest plot's axes: strata top-down; a metric on [0, 1] (``bounded``) up to 1, from
+    a little below the lowest bound (``lows``) or 0.5; any other from its own range."""
+    x_axis: dict[str, object] = {"title": axis}
+    if bounded:
+        low = min([v for v in lows if v is not None] + [0.5])
+        x_axis["range"] = [max(0.0, low - 0.05), 1.02]
+    return _finish(
+        fig,
+        title,
+        height=max(260, 30 * n_rows + 140),
+        showlegend=False,
+        xaxis=x_axis,
+        yaxis={"autorange": "reversed", "type": "category"},
     )
 
 
@@ -342,69 +427,53 @@ def forest(meta: MetaAnalysis, title: str, not_pooled: Sequence[ForestRow] = ())
     strata ``not_pooled`` (hollow, with their own intervals), then the fixed- and
     random-effects pooled estimates."""
     rows = [r for r in meta.forest if r.estimate is not None]
-    names = [f"{r.name} (n={r.n})" if r.n is not None else r.name for r in rows]
-    weights = [r.weight or 0.0 for r in rows]
+    sizes = [6 + 18 * (r.weight or 0.0) for r in rows]
     fig = go.Figure(
-        go.Scatter(
-            x=[r.estimate for r in rows],
-            y=names,
-            mode="markers",
-            name="strata",
-            marker={"symbol": "square", "size": [6 + 18 * w for w in weights], "color": "#1565c0"},
-            error_x=_error_bars(
-                [r.estimate for r in rows],
-                [r.ci_low for r in rows],
-                [r.ci_high for r in rows],
-                "#1565c0",
-            ),
-            customdata=[[r.ci_low, r.ci_high, r.weight] for r in rows],
-            hovertemplate="%{y}: %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], "
-            "weight %{customdata[2]:.2f}<extra></extra>",
+        _points(
+            rows,
+            [_stratum_label(r) for r in rows],
+            "strata",
+            {"symbol": "square", "size": sizes, "color": "#1565c0"},
         )
     )
     if not_pooled:
-        fig.add_scatter(
-            x=[r.estimate for r in not_pooled],
-            y=[f"{r.name} (not pooled)" for r in not_pooled],
-            mode="markers",
-            name="not pooled",
-            marker={"symbol": "square-open", "size": 10, "color": "#757575"},
-            error_x=_error_bars(
-                [r.estimate for r in not_pooled],
-                [r.ci_low for r in not_pooled],
-                [r.ci_high for r in not_pooled],
-                "#757575",
-            ),
-            hovertemplate="%{y}: %{x:.3f}<extra>not pooled</extra>",
+        fig.add_trace(
+            _points(
+                not_pooled,
+                [f"{r.name} (not pooled)" for r in not_pooled],
+                "not pooled",
+                {"symbol": "square-open", "size": 10, "color": "#757575"},
+            )
         )
-    for label, estimate, color in (
-        ("fixed effect", meta.fixed, "#6a1b9a"),
-        ("random effects", meta.random, "#ef6c00"),
-    ):
-        if estimate.value is None:
-            continue
-        fig.add_scatter(
-            x=[estimate.value],
-            y=[label],
-            mode="markers",
-            name=label,
-            marker={"symbol": "diamond", "size": 16, "color": color},
-            error_x=_error_bars([estimate.value], [estimate.ci_low], [estimate.ci_high], color),
-            hovertemplate=f"{label}: %{{x:.3f}} [{estimate.ci_low or 0:.3f}, "
-            f"{estimate.ci_high or 0:.3f}]<extra>{estimate.method}</extra>",
-        )
+    _diamond(fig, "fixed effect", meta.fixed, "#6a1b9a")
+    _diamond(fig, "random effects", meta.random, "#ef6c00")
     if meta.random.value is not None:
         fig.add_vline(x=meta.random.value, line_dash="dot", line_color="#ef6c00")
     lows = [r.ci_low for r in [*rows, *not_pooled]] + [meta.fixed.ci_low, meta.random.ci_low]
-    low = min([v for v in lows if v is not None] + [0.5])
-    return _finish(
-        fig,
-        title,
-        height=max(260, 30 * (len(rows) + len(not_pooled) + 2) + 140),
-        showlegend=False,
-        xaxis={"title": meta.metric, "range": [max(0.0, low - 0.05), 1.02]},
-        yaxis={"autorange": "reversed", "type": "category"},
+    return _forest_layout(
+        fig, title, len(rows) + len(not_pooled) + 2, meta.metric, lows, bounded=True
     )
+
+
+def strata_intervals(
+    rows: Sequence[ForestRow], pooled: Estimate, title: str, axis: str, bounded: bool
+) -> go.Figure:
+    """Forest-style plot without a meta-analysis: each stratum's estimate and interval as
+    the evidence gives them, and the pooled estimate (all strata's test data together)."""
+    shown = [r for r in rows if r.estimate is not None]
+    fig = go.Figure(
+        _points(
+            shown,
+            [_stratum_label(r) for r in shown],
+            "stratum",
+            {"symbol": "square", "size": 10, "color": "#1565c0"},
+        )
+    )
+    _diamond(fig, "pooled", pooled, "#ef6c00")
+    if pooled.value is not None:
+        fig.add_vline(x=pooled.value, line_dash="dot", line_color="#ef6c00")
+    lows = [r.ci_low for r in shown] + [pooled.ci_low]
+    return _forest_layout(fig, title, len(shown) + 1, axis, lows, bounded)
 
 
 def roc_curves(curves: Sequence[RocCurve]) -> go.Figure:
@@ -506,4 +575,72 @@ def acceptance_values(entries: Sequence[AcceptanceEntry]) -> go.Figure:
         height=max(220, 34 * len(entries) + 140),
         xaxis_title=entries[0].statistic or "value",
         yaxis={"type": "category", "autorange": "reversed"},
+    )
+
+
+# --- monitoring ---------------------------------------------------------------------------
+
+#: Colour of what alarms, and of each drift feature (none of them red).
+ALARM_COLOR = "#c62828"
+FEATURE_COLORS = ("#1565c0", "#00897b", "#7b1fa2", "#f9a825", "#6d4c41")
+
+
+def drift_psi(sites: Sequence[SiteDrift], threshold: float) -> go.Figure:
+    """PSI of each feature (one colour each) in each scanner group of each site, on a log
+    axis with the alarm ``threshold``; the comparisons that alarm outlined and marked."""
+    comparisons = [(site.site, c) for site in sites for c in site.comparisons]
+    features = list(dict.fromkeys(c.feature for _, c in comparisons))
+    rows = list(dict.fromkeys(f"{site} · {c.group}" for site, c in comparisons))
+    palette = {f: FEATURE_COLORS[i % len(FEATURE_COLORS)] for i, f in enumerate(features)}
+    psi = [c.psi for _, c in comparisons if c.psi] + [threshold]
+    fig = go.Figure()
+    for feature in features:
+        shown = [(site, c) for site, c in comparisons if c.feature == feature]
+        fig.add_bar(
+            name=feature,
+            orientation="h",
+            x=[c.psi for _, c in shown],
+            y=[f"{site} · {c.group}" for site, c in shown],
+            marker={
+                "color": palette[feature],
+                "line": {
+                    "color": ALARM_COLOR,
+                    "width": [3 if c.alarm else 0 for _, c in shown],
+                },
+            },
+            text=["ALARM" if c.alarm else "" for _, c in shown],
+            textposition="outside",
+            textfont={"color": ALARM_COLOR},
+            customdata=[[c.ks, c.ks_p, c.n_reference, c.n_new] for _, c in shown],
+            hovertemplate="%{y}: PSI %{x:.3f}, KS %{customdata[0]:.3f} (p %{customdata[1]:.2g});"
+            " %{customdata[2]} reference, %{customdata[3]} new cases<extra>" + feature + "</extra>",
+        )
+    fig.add_vline(x=threshold, line_dash="dash", line_color=ALARM_COLOR)
+    fig.add_annotation(  # on a log axis, an annotation's x is the power of ten
+        x=math.log10(threshold),
+        y=1,
+        yref="paper",
+        text=f"alarm threshold: PSI {threshold:g}",
+        showarrow=False,
+        xanchor="left",
+        yanchor="bottom",
+        font={"color": ALARM_COLOR},
+    )
+    return _finish(
+        fig,
+        "PSI of the new cases against the labelled ones, per site and scanner group",
+        height=max(300, 14 * len(features) * len(rows) + 160),
+        barmode="group",
+        # the range in powers of ten, the threshold well inside it
+        xaxis={
+            "title": "PSI (log scale)",
+            "type": "log",
+            "range": [math.log10(min(psi) / 2), math.log10(max(psi) * 2)],
+        },
+        yaxis={
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": rows,
+            "autorange": "reversed",
+        },
     )

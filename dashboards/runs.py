@@ -17,7 +17,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from validation.acceptance import STRATUM_KINDS
+from task.architectures import CLASSIFICATION, SEGMENTATION
+from validation.acceptance import METRICS, METRICS_OF_TASK, STRATUM_KINDS
+from validation.report.sections import HEADLINES, Headline
 
 EVIDENCE_FILE = "evidence.json"
 ROUND_LOG_FILE = "rounds.jsonl"
@@ -26,14 +28,18 @@ REPORT_PDF = "report.pdf"
 #: The evidence schema's major versions this dashboard was written against; others are read
 #: as far as their fields allow, with a notice.
 KNOWN_SCHEMA_MAJORS = ("1", "2")
-#: The metrics of a performance scope, in display order.
-METRICS = ("auc", "sensitivity", "specificity", "ppv", "npv")
+#: The metrics of a performance scope (of either task, `TaskView.metrics`), by name.
 METRIC_NAMES = {
     "auc": "AUC",
     "sensitivity": "sensitivity",
     "specificity": "specificity",
     "ppv": "PPV",
     "npv": "NPV",
+    "dice_mean": "mean Dice",
+    "dice_median": "median Dice",
+    "hd95_median": "median HD95 (mm)",
+    "hd95_mean": "mean HD95 (mm)",
+    "false_positive_rate": "false-positive rate",
 }
 
 #: Kind of stratum -> its table in ``evidence["performance"]`` (subgroups are by column).
@@ -42,6 +48,50 @@ STRATUM_TABLES = {
 }
 
 Level = Literal["error", "warning", "info"]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What the pages show of a run's task (``run.task``).
+
+    metrics: a performance scope's metrics, in display order; headline: the metric of the
+    cross-site matrix, the baselines and the rounds (`validation.report.sections.HEADLINES`);
+    floor: the low end of its colour scale (chance for AUC); positives: what ``n_pos``
+    counts; counts: a scope's counts besides ``n`` and ``n_pos``, key -> label.
+    """
+
+    name: str
+    metrics: tuple[str, ...]
+    headline: Headline
+    floor: float
+    positives: str
+    counts: tuple[tuple[str, str], ...]
+
+
+TASKS = {
+    CLASSIFICATION: TaskView(
+        CLASSIFICATION,
+        METRICS_OF_TASK[CLASSIFICATION],
+        HEADLINES[CLASSIFICATION],
+        0.5,
+        "positives",
+        (("tp", "tp"), ("fp", "fp"), ("tn", "tn"), ("fn", "fn")),
+    ),
+    SEGMENTATION: TaskView(
+        SEGMENTATION,
+        METRICS_OF_TASK[SEGMENTATION],
+        HEADLINES[SEGMENTATION],
+        0.0,
+        "cases with a lesion",
+        (
+            ("n_empty", "without a lesion"),
+            ("n_false_positive", "false positives"),
+            ("n_missed", "lesions missed"),
+            ("n_hd95", "with HD95"),
+            ("n_no_spacing", "no pixel spacing"),
+        ),
+    ),
+}
 
 
 class EvidenceGap(Exception):
@@ -129,6 +179,12 @@ class Node:
         """A string."""
         return str(self._expect(str, "a string"))
 
+    def boolean(self) -> bool:
+        """true or false."""
+        if not isinstance(self.value, bool):
+            raise EvidenceGap(f"{self._where()} is not true or false")
+        return self.value
+
     def opt_number(self, key: str) -> float | None:
         """The number at ``key``, None when missing or null."""
         child = self.get(key)
@@ -180,13 +236,14 @@ class Estimate:
 
 @dataclass(frozen=True)
 class StratumResult:
-    """The global model's performance on one stratum's test data, at the operating point."""
+    """The global model's performance on one stratum's test data (a classifier's at the
+    operating point)."""
 
     name: str
     metrics: dict[str, Estimate]
     n: int | None
     n_pos: int | None
-    counts: dict[str, int | None]  # tp, fp, tn, fn
+    counts: dict[str, int]  # the others: tp, fp, tn, fn; n_empty, n_missed, ... (`TaskView`)
     threshold: float | None
     flags: tuple[str, ...]
 
@@ -197,7 +254,7 @@ class StratumResult:
             metrics={m: Estimate.read(node[m]) for m in METRICS if node.has(m)},
             n=node.opt_integer("n"),
             n_pos=node.opt_integer("n_pos"),
-            counts={k: node.opt_integer(k) for k in ("tp", "fp", "tn", "fn")},
+            counts={k: v for k, v in _counts(node).items() if k not in ("n", "n_pos")},
             threshold=node.opt_number("threshold"),
             flags=tuple(f.text() for f in node["flags"]) if node.has("flags") else (),
         )
@@ -310,6 +367,7 @@ class SiteRound:
     train_loss: float | None = None
     test_loss: float | None = None
     auc: float | None = None
+    dice: float | None = None
     epsilon: float | None = None
     train_seconds: float | None = None
     evaluate_seconds: float | None = None
@@ -322,6 +380,7 @@ class SiteRound:
             train_loss=node.opt_number("train_loss"),
             test_loss=node.opt_number("test_loss"),
             auc=node.opt_number("auc"),
+            dice=node.opt_number("dice"),
             epsilon=node.opt_number("epsilon"),
             train_seconds=node.opt_number("train_seconds"),
             evaluate_seconds=node.opt_number("evaluate_seconds"),
@@ -341,7 +400,7 @@ class SiteRound:
         if self.refused:
             return "refused"
         trained = self.train_loss is not None
-        evaluated = self.test_loss is not None or self.auc is not None
+        evaluated = any(v is not None for v in (self.test_loss, self.auc, self.dice))
         if trained and evaluated:
             return "trained and evaluated"
         return "trained" if trained else "evaluated" if evaluated else "absent"
@@ -356,11 +415,13 @@ class SiteRound:
 
 @dataclass(frozen=True)
 class Round:
-    """One federated round: the global model's pooled test AUC and loss, each site's records."""
+    """One federated round: the global model's pooled test AUC (segmentation: mean Dice) and
+    loss, each site's records."""
 
     number: int
     seconds: float | None
     pooled_auc: float | None
+    pooled_dice: float | None
     test_loss: float | None
     central_epsilon: float | None
     sites: dict[str, SiteRound]
@@ -371,6 +432,7 @@ class Round:
             number=node["round"].integer() or 0,
             seconds=node.opt_number("seconds"),
             pooled_auc=node.opt_number("pooled_auc"),
+            pooled_dice=node.opt_number("pooled_dice"),
             test_loss=node.opt_number("test_loss"),
             central_epsilon=node.opt_number("central_dp_epsilon"),
             sites={name: SiteRound.read(s) for name, s in node["sites"].items()},
@@ -379,30 +441,34 @@ class Round:
 
 @dataclass(frozen=True)
 class CrossSite:
-    """AUC of every model (rows) on every site's test data (columns), with intervals."""
+    """The task's headline metric (AUC, mean Dice) of every model (rows) on every site's test
+    data (columns), with intervals."""
 
     models: tuple[str, ...]
     sites: tuple[str, ...]
-    auc: tuple[tuple[float | None, ...], ...]
+    values: tuple[tuple[float | None, ...], ...]
     ci: tuple[tuple[tuple[float | None, float | None] | None, ...], ...] | None
 
     @classmethod
-    def read(cls, node: Node) -> CrossSite:
+    def read(cls, node: Node, metric: str) -> CrossSite:
+        """``node`` holds the matrix of ``metric`` (``auc``, ``dice_mean``) and its bounds."""
         models = tuple(m.text() for m in node["models"])
         sites = tuple(s.text() for s in node["sites"])
-        auc = tuple(tuple(v.number() for v in row) for row in node["auc"])
-        if len(auc) != len(models) or any(len(row) != len(sites) for row in auc):
+        values = tuple(tuple(v.number() for v in row) for row in node[metric])
+        if len(values) != len(models) or any(len(row) != len(sites) for row in values):
             raise EvidenceGap(
-                f"`{node.path}.auc` is not a {len(models)} x {len(sites)} matrix (models x sites)"
+                f"`{node.path}.{metric}` is not a {len(models)} x {len(sites)} matrix "
+                "(models x sites)"
             )
         ci = None
         if node.has("ci_low") and node.has("ci_high"):  # schema 4: matrices of the bounds
             lows = [[v.number() for v in row] for row in node["ci_low"]]
             highs = [[v.number() for v in row] for row in node["ci_high"]]
-            if [len(r) for r in lows] != [len(r) for r in auc] or [len(r) for r in highs] != [
-                len(r) for r in auc
-            ]:
-                raise EvidenceGap(f"`{node.path}.ci_low` and `ci_high` do not match `auc`'s shape")
+            shape = [len(r) for r in values]
+            if [len(r) for r in lows] != shape or [len(r) for r in highs] != shape:
+                raise EvidenceGap(
+                    f"`{node.path}.ci_low` and `ci_high` do not match `{metric}`'s shape"
+                )
             ci = tuple(
                 tuple((lo, hi) for lo, hi in zip(lrow, hrow, strict=True))
                 for lrow, hrow in zip(lows, highs, strict=True)
@@ -415,7 +481,7 @@ class CrossSite:
                 )
                 for row in node["auc_ci"]
             )
-        return cls(models, sites, auc, ci)
+        return cls(models, sites, values, ci)
 
 
 @dataclass(frozen=True)
@@ -583,12 +649,13 @@ class RocCurve:
 
 @dataclass(frozen=True)
 class UnseenSites:
-    """A site's local-only model and the global model, pooled over the sites it never saw."""
+    """A site's local-only model and the global model, pooled over the sites it never saw
+    (the task's headline metric)."""
 
     site: str
     unseen_sites: tuple[str, ...]
-    local_only_auc: float | None
-    global_auc: float | None
+    local_only: float | None
+    global_model: float | None
 
 
 @dataclass(frozen=True)
@@ -637,6 +704,105 @@ class AcceptanceEntry:
 
 
 @dataclass(frozen=True)
+class SegmentationMethod:
+    """How a segmentation run's metrics were computed: the pixel threshold, the method and
+    each metric's definition (``segmentation``)."""
+
+    pixel_threshold: float | None
+    method: str
+    definitions: dict[str, str]
+
+    @classmethod
+    def read(cls, node: Node) -> SegmentationMethod:
+        definitions = node.get("definitions")
+        return cls(
+            pixel_threshold=node.opt_number("pixel_threshold"),
+            method=node.opt_text("method") or "",
+            definitions={k: v.text() for k, v in definitions.items()} if definitions else {},
+        )
+
+
+@dataclass(frozen=True)
+class DriftComparison:
+    """One feature (intensity mean or std, score) of one scanner group at a site: the new
+    cases against the reference (labelled) ones, by PSI and KS, and whether it alarms."""
+
+    group: str
+    feature: str
+    n_reference: int | None
+    n_new: int | None
+    psi: float | None
+    ks: float | None
+    ks_p: float | None
+    alarm: bool
+
+    @classmethod
+    def read(cls, node: Node) -> DriftComparison:
+        return cls(
+            group=node["group"].text(),
+            feature=node["feature"].text(),
+            n_reference=node.opt_integer("n_reference"),
+            n_new=node.opt_integer("n_new"),
+            psi=node.opt_number("psi"),
+            ks=node.opt_number("ks"),
+            ks_p=node.opt_number("ks_p"),
+            alarm=node["alarm"].boolean(),
+        )
+
+
+@dataclass(frozen=True)
+class SiteDrift:
+    """A site's drift check: its comparisons, the scanner groups of new cases it was never
+    validated on (cases, None when withheld), the groups too small to compare, or the error
+    that kept it from checking."""
+
+    site: str
+    alarm: bool
+    n_new: int | None
+    comparisons: tuple[DriftComparison, ...]
+    unvalidated_scanners: dict[str, int | None]
+    too_small: tuple[str, ...]
+    error: str | None
+
+    @classmethod
+    def read(cls, site: str, node: Node) -> SiteDrift:
+        alarm = node.get("alarm")
+        unvalidated = node.get("unvalidated_scanners")
+        return cls(
+            site=site,
+            alarm=alarm is not None and alarm.boolean(),
+            n_new=node.opt_integer("n_new"),
+            comparisons=tuple(
+                DriftComparison.read(c)
+                for c in (node["comparisons"] if node.has("comparisons") else ())
+            ),
+            unvalidated_scanners={k: v.integer() for k, v in unvalidated.items()}
+            if unvalidated
+            else {},
+            too_small=tuple(g.text() for g in node["too_small"]) if node.has("too_small") else (),
+            error=node.opt_text("error"),
+        )
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The drift check of an evaluation-only job: its method, the sites that alarm, and
+    each site's check."""
+
+    method: str
+    alarm_sites: tuple[str, ...]
+    sites: tuple[SiteDrift, ...]
+
+    @classmethod
+    def read(cls, node: Node) -> Drift:
+        return cls(
+            method=node.opt_text("method") or "",
+            alarm_sites=tuple(s.text() for s in node["alarm_sites"]),
+            sites=tuple(SiteDrift.read(site, n) for site, n in node["sites"].items()),
+        )
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """What the run was: id, time, code, strategy, rounds, data and privacy settings."""
 
@@ -680,6 +846,19 @@ class Evidence:
     def schema_version(self) -> str | None:
         value = self.root.value.get("schema_version")
         return None if value is None else str(value)
+
+    def has(self, section: str) -> bool:
+        """Whether the evidence has ``section`` (not null)."""
+        return self.root.has(section)
+
+    @cached_property
+    def task(self) -> TaskView:
+        """The run's task: ``run.task``, classification for evidence before schema 2.1."""
+        run = self.root.get("run")
+        name = (run.opt_text("task") if run else None) or CLASSIFICATION
+        if name not in TASKS:
+            raise EvidenceGap(f"`run.task` is '{name}', a task this dashboard does not know")
+        return TASKS[name]
 
     @cached_property
     def summary(self) -> RunSummary:
@@ -782,7 +961,7 @@ class Evidence:
 
     @cached_property
     def cross_site(self) -> CrossSite:
-        return CrossSite.read(self.root["cross_site"])
+        return CrossSite.read(self.root["cross_site"], self.task.headline.key)
 
     def heterogeneity(self, across: Literal["sites", "manufacturers"]) -> dict[str, MetaAnalysis]:
         """``heterogeneity.across_<across>``: metric -> meta-analysis."""
@@ -831,33 +1010,44 @@ class Evidence:
 
     @cached_property
     def baselines(self) -> dict[str, Estimate | None]:
-        """Pooled test AUC of every baseline model: ``pooled-centralized`` and
-        ``local-<site>`` (None where undefined)."""
+        """Pooled test AUC (segmentation: mean Dice) of every baseline model:
+        ``pooled-centralized`` and ``local-<site>`` (None where undefined)."""
         section = self.root["baselines"]
-        aucs: dict[str, Estimate | None] = {}
+        key = self.task.headline.key
+        named = []
         if section.has("pooled_centralized"):
-            node = section["pooled_centralized"].get("auc")
-            aucs["pooled-centralized"] = None if node is None else Estimate.read(node)
-        for site, node in section["local_only"].items() if section.has("local_only") else ():
-            auc = node.get("auc")
-            aucs[f"local-{site}"] = None if auc is None else Estimate.read(auc)
-        return aucs
+            named.append(("pooled-centralized", section["pooled_centralized"]))
+        if section.has("local_only"):
+            named += [(f"local-{site}", node) for site, node in section["local_only"].items()]
+        return {
+            name: None if node.get(key) is None else Estimate.read(node[key])
+            for name, node in named
+        }
 
     @cached_property
     def unseen_site_comparison(self) -> tuple[UnseenSites, ...]:
         """Each local-only model against the global model on the sites it never saw."""
         section = self.root["baselines"]["unseen_site_comparison"]
+        key = self.task.headline.key
         return tuple(
             UnseenSites(
                 site=site,
                 unseen_sites=tuple(s.text() for s in node["unseen_sites"])
                 if node.has("unseen_sites")
                 else (),
-                local_only_auc=node.opt_number("local_only_auc"),
-                global_auc=node.opt_number("global_auc"),
+                local_only=node.opt_number(f"local_only_{key}"),
+                global_model=node.opt_number(f"global_{key}"),
             )
             for site, node in section.items()
         )
+
+    @cached_property
+    def segmentation(self) -> SegmentationMethod:
+        return SegmentationMethod.read(self.root["segmentation"])
+
+    @cached_property
+    def drift(self) -> Drift:
+        return Drift.read(self.root["drift"])
 
     @cached_property
     def acceptance(self) -> tuple[AcceptanceEntry, ...]:

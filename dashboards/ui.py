@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -79,9 +80,10 @@ def show_notices(run: RunDir) -> None:
 
 
 def page(title: str) -> RunDir | None:
-    """The page's title, then the run picked in the sidebar: its problems, what it is and
-    the simulated-data banner. None (after saying so) when no run was given; a run whose
-    evidence cannot be read has ``evidence`` None (its problems shown)."""
+    """The page's title, then the run picked in the sidebar: its problems, what it is (its
+    task among it) and the simulated-data banner. None (after saying so) when no run was
+    given; a run whose evidence cannot be read, or is of a task this dashboard does not
+    know, has ``evidence`` None (its problems shown)."""
     st.title(title)
     all_runs = runs()
     if not all_runs:
@@ -93,12 +95,18 @@ def page(title: str) -> RunDir | None:
     if run.evidence is None:
         return run
     try:
+        task = run.evidence.task
+    except EvidenceGap as gap:
+        st.error(f"This run's evidence cannot be shown: {gap}.")
+        return replace(run, evidence=None)
+    try:
         summary = run.evidence.summary
     except EvidenceGap as gap:
         st.warning(f"What this run was is not in its evidence: {gap}.")
         return run
     parts = [
         f"run **{summary.id}**",
+        task.name,
         summary.created,
         summary.strategy and f"strategy {summary.strategy}",
         summary.rounds is not None and f"{summary.rounds} rounds",
@@ -143,6 +151,13 @@ def chart(figure: go.Figure, key: str) -> None:
 def number(value: float | None, digits: int = 3) -> str:
     """``value`` rounded, or "n/a"."""
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def p_value(value: float | None) -> str:
+    """ "0.035", "1.7e-14" below 0.001, or "n/a"."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
 def estimate(value: Estimate | None, digits: int = 3) -> str:

@@ -340,8 +340,11 @@ def _add_dashboard_command(commands: argparse._SubParsersAction) -> None:
         "evidence.json and rounds.jsonl) until Ctrl-C: Federation (sites, scanners, "
         "participation per round, epsilon spent, refusals and dropouts), Training (global and "
         "per-site metrics per round, runs side by side), Cross-site and cross-scanner (the "
-        "cross-site matrix, forest plots, ROC and calibration curves) and Acceptance (each "
-        "criterion with a drill-down into its scopes; downloads of the report and evidence). "
+        "cross-site matrix, forest plots, ROC and calibration curves), Acceptance (each "
+        "criterion with a drill-down into its scopes; downloads of the report and evidence) "
+        "and Monitoring (data drift at the sites from an evaluation-only job, medfed "
+        "validate: alarms, PSI and KS per site, scanner group and feature). A segmentation "
+        "run shows its Dice and HD95 with their intervals in place of AUC. "
         "It works offline (nothing is loaded from outside the dashboard's address) with "
         "Streamlit's usage statistics off. A partial or corrupt run directory is shown with "
         "its problems in the page.",

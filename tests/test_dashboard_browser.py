@@ -1,7 +1,8 @@
 """The dashboard in a real browser: ``medfed dashboard`` serving a demo run, each page opened
 in headless Chromium until its charts are drawn, its visible text checked against the run's
 evidence, no console error, no request beyond the dashboard's own address, a screenshot of
-each; then Ctrl-C stops it cleanly."""
+each; then Ctrl-C stops it cleanly. The Monitoring page also over an evaluation-only job
+whose drift check alarms (``medfed validate``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,23 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from dashboards.browser_check import check_page, navigation_expression, page_url
-from dashboards.pages import ACCEPTANCE, CROSS_SITE, FEDERATION, PAGES, TRAINING
+from dashboards.pages import (
+    ACCEPTANCE,
+    CROSS_SITE,
+    FEDERATION,
+    MONITORING,
+    PAGES,
+    TRAINING,
+    PageSpec,
+)
 from dashboards.runs import load_runs
+from validation.drift import PSI_ALARM
 from validation.report.browser import browse, find_chromium
 
 pytestmark = [
@@ -33,13 +44,13 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def dashboard(demo_run: Path) -> Iterator[str]:
-    """``medfed dashboard`` serving the demo run: its address; stopped with Ctrl-C (SIGINT),
-    which must end it cleanly and free its port."""
+@contextmanager
+def _serving(run: Path) -> Iterator[str]:
+    """``medfed dashboard`` serving ``run``: its address; stopped with Ctrl-C (SIGINT), which
+    must end it cleanly and free its port."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "medfed", "dashboard", str(demo_run), "--port", str(port)],
+        [sys.executable, "-m", "medfed", "dashboard", str(run), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -49,7 +60,12 @@ def dashboard(demo_run: Path) -> Iterator[str]:
         process.kill()
         pytest.fail(f"medfed dashboard did not start: {process.communicate()[1][-2000:]}")
     assert line == f"dashboard: http://127.0.0.1:{port}/ (1 run; Ctrl-C to stop)\n"
-    yield f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    except BaseException:  # a failed check: stop it all the same
+        process.kill()
+        process.communicate()
+        raise
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
@@ -57,6 +73,27 @@ def dashboard(demo_run: Path) -> Iterator[str]:
     with socket.socket() as probe:  # Streamlit is gone with it
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
+
+
+@pytest.fixture(scope="module")
+def dashboard(demo_run: Path) -> Iterator[str]:
+    """The dashboard serving the demo run."""
+    with _serving(demo_run) as address:
+        yield address
+
+
+def _check(address: str, page: PageSpec, shot: Path, charts: int, visible: list[str]) -> None:
+    """``page`` drawn in Chromium with ``charts`` charts and the ``visible`` texts, no error,
+    nothing requested from elsewhere, and its screenshot in ``shot``."""
+    check = check_page(address, page, shot)
+    assert check.log.figures == charts, (page.title, check.log.figures)
+    assert check.errors == [], (page.title, check.errors)
+    assert check.foreign_requests == [], (page.title, check.foreign_requests)
+    assert check.log.requests, "the page loaded nothing from the dashboard"
+    for text in [page.title, "scanner differences simulated", *visible]:
+        assert text in check.log.text, (page.title, text)
+    assert "Traceback" not in check.log.text
+    assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 20_000
 
 
 def test_every_page_draws_in_chromium_offline(
@@ -77,19 +114,27 @@ def test_every_page_draws_in_chromium_offline(
                          "ROC curves", f"pooled (AUC {evidence['roc']['pooled']['auc']:.3f})"]),
         ACCEPTANCE: (1, [evidence["acceptance_plan"]["sha256"], "Drill-down",
                          "Report (HTML)", "Report (PDF)", "Evidence (JSON)"]),
+        MONITORING: (0, ["Data drift is not in this run's evidence", "medfed validate"]),
     }  # fmt: skip
     for page in PAGES:
         charts, visible = expected[page]
-        shot = tmp_path / f"{page.url_path}.png"
-        check = check_page(dashboard, page, shot)
-        assert check.log.figures == charts, (page.title, check.log.figures)
-        assert check.errors == [], (page.title, check.errors)
-        assert check.foreign_requests == [], (page.title, check.foreign_requests)
-        assert check.log.requests, "the page loaded nothing from the dashboard"
-        for text in [page.title, "scanner differences simulated", *visible]:
-            assert text in check.log.text, (page.title, text)
-        assert "Traceback" not in check.log.text
-        assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 20_000
+        _check(dashboard, page, tmp_path / f"{page.url_path}.png", charts, visible)
+
+
+def test_the_monitoring_page_draws_a_drift_alarm_in_chromium(
+    drift_run: Path, tmp_path: Path
+) -> None:
+    drift = json.loads((drift_run / "evidence.json").read_text())["drift"]
+    alarm = next(c for c in drift["sites"]["site-a"]["comparisons"] if c["alarm"])
+    visible = [
+        "site-a: ALARM",
+        f"{alarm['feature']} of {alarm['group']} (PSI {alarm['psi']:.2f}",
+        "site-b: no alarm",
+        f"alarm threshold: PSI {PSI_ALARM:g}",
+        "Comparisons",
+    ]
+    with _serving(drift_run) as address:
+        _check(address, MONITORING, tmp_path / "monitoring.png", 1, visible)
 
 
 def test_the_sidebar_switches_pages_without_reloading(dashboard: str) -> None:

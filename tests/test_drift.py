@@ -4,25 +4,17 @@ evaluation-only job, with the full reports kept at the sites."""
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import torch
+from conftest import DriftedSites
 from scipy.stats import ks_2samp
 from test_cli import medfed
-from test_receiver import SENDER, free_port, storescu
 
-from simulations.phantoms import write_phantom_federation
 from site_client.drift import REPORTS_DIR, check_drift
-from site_client.ingest import ingest_site
-from site_client.policy import ReceiverPolicy
-from site_client.receiver import Receiver
 from site_client.store import SiteStore
 from task.audit import AuditEvent, AuditLog
 from task.model import ModelConfig, build_model
@@ -63,87 +55,7 @@ def test_an_alarm_needs_a_shift_both_significant_and_material() -> None:
         compare("score", [1, 2, 3], [0, 0, 0])
 
 
-# --- a scanner change at one site ---------------------------------------------------------
-
-REFERENCE_CASES = 60
-NEW_CASES = 30
-
-
-@dataclass
-class DriftedSites:
-    """Three site stores with labelled cases and newly received ones; site-a's new images
-    come from its scanners after a calibration fault (+150 HU, added noise)."""
-
-    stores: dict[str, Path]
-    model: Path
-
-
-def _split_export(phantom: Path, out: Path) -> tuple[Path, Path, list[Path]]:
-    """The first REFERENCE_CASES labelled files of ``phantom`` copied under ``out/ref`` (with
-    their labels.csv) and the remaining files, the new data, listed."""
-    with (phantom / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    reference, new = rows[:REFERENCE_CASES], rows[REFERENCE_CASES:]
-    ref_dir = out / "ref"
-    for row in reference:
-        target = ref_dir / "dicom" / row["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(phantom / "dicom" / row["path"], target)
-    with (ref_dir / "labels.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(reference)
-    return ref_dir / "dicom", ref_dir / "labels.csv", [phantom / "dicom" / r["path"] for r in new]
-
-
-def _miscalibrated(files: list[Path], out: Path) -> list[Path]:
-    """Copies of ``files`` as a scanner with a calibration fault would make them."""
-    rng = np.random.default_rng(1)
-    copies = []
-    for index, path in enumerate(files):
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array.astype(np.int32)
-        noisy = pixels + rng.normal(0, 40 / float(ds.RescaleSlope), pixels.shape).round()
-        info = np.iinfo(ds.pixel_array.dtype)
-        ds.PixelData = np.clip(noisy, info.min, info.max).astype(ds.pixel_array.dtype).tobytes()
-        ds.RescaleIntercept = float(ds.RescaleIntercept) + 150
-        copy = out / f"{index:03d}.dcm"
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(copy)
-        copies.append(copy)
-    return copies
-
-
-def _receive(store: SiteStore, files: list[Path]) -> None:
-    port = free_port()
-    receiver = Receiver(store, ReceiverPolicy(port=port, allowed_ae_titles=(SENDER,)))
-    receiver.start()
-    try:
-        result = storescu(port, *files)
-        assert result.returncode == 0, result.stderr
-    finally:
-        report = receiver.stop()
-    assert report.stored == len(files)
-
-
-@pytest.fixture(scope="module")
-def drifted(tmp_path_factory: pytest.TempPathFactory) -> DriftedSites:
-    root = tmp_path_factory.mktemp("drift")
-    phantoms = write_phantom_federation(
-        root / "phantoms", 3, cases_per_site=REFERENCE_CASES + NEW_CASES, seed=5
-    )
-    stores = {}
-    for phantom in phantoms:
-        dicom, labels, new = _split_export(phantom, root / "exports" / phantom.name)
-        store = SiteStore.create(root / "sites" / phantom.name)
-        ingest_site(store, dicom, labels, seed=5)
-        if phantom.name == "site-a":
-            new = _miscalibrated(new, root / "exports" / "site-a" / "faulty")
-        _receive(store, new)
-        stores[store.site_id] = store.root
-    model = root / "model.pt"
-    torch.save(build_model(ModelConfig(), seed=0).state_dict(), model)
-    return DriftedSites(stores, model)
+# --- a scanner change at one site (`conftest.drifted`) ------------------------------------
 
 
 def test_a_scanner_fault_at_one_site_raises_the_alarm_there_only(drifted: DriftedSites) -> None:
@@ -155,7 +67,7 @@ def test_a_scanner_fault_at_one_site_raises_the_alarm_there_only(drifted: Drifte
     }
     assert {site for site, report in reports.items() if report.alarm} == {"site-a"}
     faulty = reports["site-a"]
-    assert faulty.n_new == NEW_CASES and not faulty.unvalidated
+    assert faulty.n_new == drifted.n_new and not faulty.unvalidated
     drifted_features = {r.feature for g in faulty.groups for r in g.results if r.alarm}
     assert "intensity-mean" in drifted_features
 
@@ -170,7 +82,7 @@ def test_the_federated_check_reports_the_alarm_and_keeps_the_details_at_the_site
     assert "drift: alarm at site-a" in result.stderr
     evidence = json.loads((run / "evidence.json").read_text())
     assert evidence["drift"]["alarm_sites"] == ["site-a"]
-    assert evidence["drift"]["sites"]["site-a"]["n_new"] == NEW_CASES
+    assert evidence["drift"]["sites"]["site-a"]["n_new"] == drifted.n_new
     wire = [json.loads(line) for line in (run / "wire.jsonl").read_text().splitlines()]
     replies = [w for w in wire if w["message_type"] == MSG_DRIFT and w["direction"] == "received"]
     assert len(replies) == 3
@@ -197,4 +109,3 @@ def test_site_drift_command_prints_the_table(drifted: DriftedSites) -> None:
     assert result.returncode == 0, result.stderr
     assert "30 new cases against 60 labelled: no alarm" in result.stdout
     assert "intensity-mean" in result.stdout
-

@@ -11,7 +11,6 @@ import io
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from dicom_factory import (
     original_uids,
     write_ct,
 )
+from dicom_network import SENDER, free_port, storescu
 from test_cli import medfed
 
 from site_client.decode import decode_image
@@ -40,27 +40,6 @@ from site_client.received import ReceivedIndex
 from site_client.receiver import Receiver
 from site_client.store import Acquisition, SiteStore
 from task.labels import UID_KEY, LabelsFileError, read_labels
-
-SENDER = "MODALITY1"
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="needs dcmtk storescu")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def storescu(port: int, *files: Path, calling_ae: str = SENDER) -> subprocess.CompletedProcess:
-    """storescu sending ``files`` (folders scanned) as they are (JPEG-LS proposed too),
-    going on past files it cannot send."""
-    command = ["storescu", "-v", "-xt", "-R", "-nh", "+sd", "-aet", calling_ae, "-aec", "MEDFED"]
-    return subprocess.run(
-        [*command, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def store_responses(result: subprocess.CompletedProcess) -> list[str]:

@@ -10,7 +10,6 @@ from dashboards.pages import ACCEPTANCE
 from dashboards.runs import (
     EVIDENCE_FILE,
     METRIC_NAMES,
-    METRICS,
     REPORT_HTML,
     REPORT_PDF,
     AcceptanceEntry,
@@ -145,17 +144,19 @@ def _verdict_line(entry: AcceptanceEntry) -> str:
 
 def _scope_detail(evidence: Evidence, entry: AcceptanceEntry) -> None:
     """What the verdict stands on: the scope's results with their intervals, the baseline,
-    or the local-only models on the sites they never saw."""
+    or the local-only models on the sites they never saw (in the task's metrics)."""
     if entry.note:
         st.caption(entry.note)
+    task = evidence.task
+    headline = task.headline
     if entry.kind == "unseen_sites":
         st.dataframe(
             [
                 {
                     "local-only model of": u.site,
                     "sites it never saw": ", ".join(u.unseen_sites),
-                    "local-only AUC": u.local_only_auc,
-                    "global AUC": u.global_auc,
+                    f"local-only {headline.name}": u.local_only,
+                    f"global {headline.name}": u.global_model,
                 }
                 for u in evidence.unseen_site_comparison
             ],
@@ -164,18 +165,12 @@ def _scope_detail(evidence: Evidence, entry: AcceptanceEntry) -> None:
         )
         return
     if entry.kind == "relative_to_baseline":
-        baselines = evidence.baselines
+        pooled = {"global": evidence.pooled.metrics.get(headline.key), **evidence.baselines}
         st.dataframe(
             [
-                {
-                    "model": "global",
-                    "pooled AUC [95% CI]": ui.estimate(evidence.pooled.metrics.get("auc")),
-                },
-                *(
-                    {"model": name, "pooled AUC [95% CI]": ui.estimate(auc)}
-                    for name, auc in baselines.items()
-                    if not name.startswith("local-")
-                ),
+                {"model": name, f"pooled {headline.name} [95% CI]": ui.estimate(value)}
+                for name, value in pooled.items()
+                if not name.startswith("local-")
             ],
             hide_index=True,
         )
@@ -187,7 +182,11 @@ def _scope_detail(evidence: Evidence, entry: AcceptanceEntry) -> None:
             f"scope '{entry.scope}' is not one this dashboard reads ({exc})"
         ) from None
     result = evidence.stratum(scope.kind, scope.name, scope.column)
-    counts = (("test cases", result.n), ("positives", result.n_pos), *result.counts.items())
+    counts = (
+        ("test cases", result.n),
+        (task.positives, result.n_pos),
+        *((label, result.counts.get(key)) for key, label in task.counts),
+    )
     for column, (label, value) in zip(st.columns(len(counts)), counts, strict=True):
         column.metric(label, "n/a" if value is None else value)
     st.dataframe(
@@ -198,7 +197,7 @@ def _scope_detail(evidence: Evidence, entry: AcceptanceEntry) -> None:
                 "95% CI": ui.estimate(result.metrics[m]),
                 "method": result.metrics[m].method,
             }
-            for m in METRICS
+            for m in task.metrics
             if m in result.metrics
         ],
         hide_index=True,

@@ -1,5 +1,7 @@
 """Cross-site and cross-scanner: the cross-site matrix, forest plots across sites and
-manufacturers, performance in every stratum, ROC and calibration curves."""
+manufacturers, performance in every stratum, ROC and calibration curves (a segmentation run:
+its matrix in mean Dice, each site's and manufacturer's Dice and HD95 with their intervals,
+and its strata; it has no meta-analysis, ROC or calibration)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,21 @@ from dashboards import charts, ui
 from dashboards.pages import CROSS_SITE
 from dashboards.runs import (
     METRIC_NAMES,
-    METRICS,
     STRATUM_TABLES,
     Evidence,
     EvidenceGap,
     ForestRow,
     MetaAnalysis,
     RunDir,
+    StratumResult,
+)
+from task.architectures import SEGMENTATION
+from validation.acceptance import UNBOUNDED_METRICS
+
+#: What a segmentation run does not have, in place of those sections.
+NOT_SEGMENTATION = (
+    "Manufacturer differences in AUC, ROC curves and calibration do not apply to "
+    "segmentation: a segmentation run has no per-case score to rank or calibrate."
 )
 
 
@@ -30,14 +40,16 @@ def render() -> list[RunDir]:
     if evidence is None:
         return [run]
     with ui.section("Cross-site matrix"):
-        ui.chart(charts.cross_site_matrix(evidence.cross_site), "cross-site")
+        ui.chart(charts.cross_site_matrix(evidence.cross_site, evidence.task), "cross-site")
         st.caption(
             "Each model (the global model, each site's local-only model, the "
             "pooled-centralized baseline) tested on each site's held-out test data."
         )
+    if evidence.task.name == SEGMENTATION:
+        _segmentation(evidence)
+        return [run]
     with ui.section("Forest plots"):
-        metrics = _forest_metrics(evidence)
-        metric = st.selectbox("Metric", metrics, format_func=lambda m: METRIC_NAMES.get(m, m))
+        metric = _metric_box(_forest_metrics(evidence))
         left, right = st.columns(2)
         for column, across in ((left, "sites"), (right, "manufacturers")):
             with column, ui.section(f"Across {across}", heading=False):
@@ -53,6 +65,50 @@ def render() -> list[RunDir]:
     return [run]
 
 
+def _segmentation(evidence: Evidence) -> None:
+    """A segmentation run's sections below its cross-site matrix."""
+    with ui.section("Intervals across sites and manufacturers"):
+        metric = _metric_box(list(evidence.task.metrics))
+        left, right = st.columns(2)
+        for column, kind, across in (
+            (left, "site", "sites"),
+            (right, "manufacturer", "manufacturers"),
+        ):
+            with column, ui.section(f"Across {across}", heading=False):
+                _intervals(evidence, kind, across, metric)
+        st.caption(
+            "Each stratum's estimate and 95% interval as the evidence gives them (strata "
+            "withheld below a site's minimum cell size are not shown), and the pooled one: "
+            "all sites' test data together, not a meta-analysis."
+        )
+    with ui.section("Performance by stratum"):
+        _strata(evidence)
+    st.info(NOT_SEGMENTATION)
+
+
+def _metric_box(metrics: list[str]) -> str:
+    """The metric picked among ``metrics`` (the first by default)."""
+    return st.selectbox("Metric", metrics, format_func=lambda m: METRIC_NAMES.get(m, m))
+
+
+def _intervals(evidence: Evidence, kind: str, across: str, metric: str) -> None:
+    """``metric`` in every stratum of ``kind`` (site, manufacturer) and pooled (each over
+    its own cases: the strata table has their counts)."""
+    rows = [
+        ForestRow(name, None, estimate.value, estimate.ci_low, estimate.ci_high, None)
+        for name, result in evidence.strata(STRATUM_TABLES[kind]).items()
+        if (estimate := result.metrics.get(metric)) is not None
+    ]
+    pooled = evidence.pooled.metrics.get(metric)
+    if pooled is None:
+        raise EvidenceGap(f"`performance.pooled` has no {metric}")
+    name = METRIC_NAMES.get(metric, metric)
+    figure = charts.strata_intervals(
+        rows, pooled, f"{name} across {across}", name, metric not in UNBOUNDED_METRICS
+    )
+    ui.chart(figure, f"intervals-{across}")
+
+
 def _forest_metrics(evidence: Evidence) -> list[str]:
     """The metrics the evidence has forest rows for, AUC first."""
     found: set[str] = set()
@@ -65,7 +121,8 @@ def _forest_metrics(evidence: Evidence) -> list[str]:
         raise EvidenceGap(
             "`heterogeneity` has no forest plots (across_sites, across_manufacturers)"
         )
-    return sorted(found, key=lambda m: (METRICS.index(m) if m in METRICS else len(METRICS), m))
+    order = evidence.task.metrics
+    return sorted(found, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def _forest(evidence: Evidence, across: Literal["sites", "manufacturers"], metric: str) -> None:
@@ -144,27 +201,44 @@ def _strata(evidence: Evidence) -> None:
         results = evidence.strata(STRATUM_TABLES[kind])
     else:
         results = subgroups[kind.removeprefix("subgroup: ")]
-    results = {"pooled": evidence.pooled, **results}
     st.dataframe(
         [
-            {
-                kind: name,
-                "n": r.n,
-                "positives": r.n_pos,
-                **{f"{METRIC_NAMES[m]} [95% CI]": ui.estimate(r.metrics.get(m)) for m in METRICS},
-                "flags": "; ".join(r.flags),
-            }
-            for name, r in results.items()
+            _stratum_row(evidence, kind, name, r)
+            for name, r in {"pooled": evidence.pooled, **results}.items()
         ],
         hide_index=True,
         width="stretch",
     )
-    threshold = evidence.pooled.threshold
-    if threshold is not None:
+    withheld = "Strata withheld below a site's minimum cell size are not shown (see Federation)."
+    if evidence.task.name == SEGMENTATION and evidence.has("segmentation"):
+        segmentation = evidence.segmentation
         st.caption(
-            f"At the operating threshold {threshold:.3f}, fixed on training data. Strata "
-            "withheld below a site's minimum cell size are not shown (see Federation)."
+            f"A pixel is lesion at a probability >= {ui.number(segmentation.pixel_threshold, 2)}. "
+            + " ".join(
+                f"{METRIC_NAMES.get(m, m)}: {text}." for m, text in segmentation.definitions.items()
+            )
+            + f" {withheld}"
         )
+    elif evidence.pooled.threshold is not None:
+        st.caption(
+            f"At the operating threshold {evidence.pooled.threshold:.3f}, fixed on training "
+            f"data. {withheld}"
+        )
+
+
+def _stratum_row(
+    evidence: Evidence, kind: str, name: str, result: StratumResult
+) -> dict[str, object]:
+    """A stratum's line of the table: cases, positives (cases with a lesion) and the task's
+    metrics with their intervals."""
+    task = evidence.task
+    return {
+        kind: name,
+        "n": result.n,
+        task.positives: result.n_pos,
+        **{f"{METRIC_NAMES[m]} [95% CI]": ui.estimate(result.metrics.get(m)) for m in task.metrics},
+        "flags": "; ".join(result.flags),
+    }
 
 
 def _calibration(evidence: Evidence) -> None:

@@ -1,13 +1,19 @@
-"""Training: the global model's and each site's metrics and losses per round, for every run
-given, side by side (strategy A against B, one epsilon against another)."""
+"""Training: the global model's and each site's metrics (AUC; segmentation: Dice) and losses
+per round, for every run given, side by side (strategy A against B, one epsilon against
+another)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import streamlit as st
 
 from dashboards import charts, ui
 from dashboards.pages import TRAINING
-from dashboards.runs import EvidenceGap, LogEntry, Round, RunDir, RunSummary
+from dashboards.runs import Evidence, EvidenceGap, LogEntry, Round, RunDir
+
+T = TypeVar("T")
 
 
 def render() -> list[RunDir]:
@@ -31,7 +37,7 @@ def render() -> list[RunDir]:
         if not chosen:
             st.info("Pick at least one run.")
             return []
-    summaries = {run.label: summary for run in chosen if (summary := _summary(run))}
+    summaries = {run.label: s for run in chosen if (s := _read(run, lambda e: e.summary))}
     if any(summary.simulated for summary in summaries.values()):
         st.warning("Simulated data: scanner differences simulated.")
     with ui.section("Runs"):
@@ -40,11 +46,16 @@ def render() -> list[RunDir]:
     with ui.section("Global model per round"):
         if not rounds:
             raise EvidenceGap("no run has per-round records (`rounds`)")
-        ui.chart(charts.global_per_round(rounds), "global-per-round")
+        tasks = {t.name: t for run in chosen if (t := _read(run, lambda e: e.task))}
+        headlines = [task.headline for task in tasks.values()]
+        ui.chart(charts.global_per_round(rounds, headlines), "global-per-round")
     with ui.section("Each site per round"):
         if not rounds:
             raise EvidenceGap("no run has per-round records (`rounds`)")
-        series = st.selectbox("Metric", list(charts.SITE_ROUND_SERIES))
+        available = charts.site_round_series(rounds)
+        if not available:
+            raise EvidenceGap("no site recorded a metric in any round (`rounds[].sites`)")
+        series = st.selectbox("Metric", available)
         ui.chart(charts.sites_per_round(rounds, series), "sites-per-round")
     with ui.section("Time per phase"):
         timings = {label: s.timings for label, s in summaries.items() if s.timings}
@@ -57,10 +68,11 @@ def render() -> list[RunDir]:
     return chosen
 
 
-def _summary(run: RunDir) -> RunSummary | None:
-    """What the run was, None when its evidence does not say."""
+def _read(run: RunDir, part: Callable[[Evidence], T]) -> T | None:
+    """``part`` of the run's evidence (what the run was, its task), None when the evidence
+    does not say."""
     try:
-        return None if run.evidence is None else run.evidence.summary
+        return None if run.evidence is None else part(run.evidence)
     except EvidenceGap:
         return None
 
@@ -74,13 +86,19 @@ def _comparison(runs: list[RunDir]) -> None:
         row: dict[str, object] = {"run": run.label}
         with ui.section(run.label, heading=False):
             summary = evidence.summary
+            headline = evidence.task.headline
             row |= {
+                "task": evidence.task.name,
                 "strategy": summary.strategy,
                 "privacy": summary.epsilon_label,
                 "rounds": summary.rounds,
                 "sites": len(evidence.sites),
-                "global pooled AUC [95% CI]": ui.estimate(evidence.pooled.metrics.get("auc")),
-                "pooled-centralized AUC": ui.estimate(evidence.baselines.get("pooled-centralized")),
+                f"global pooled {headline.name} [95% CI]": ui.estimate(
+                    evidence.pooled.metrics.get(headline.key)
+                ),
+                f"pooled-centralized {headline.name}": ui.estimate(
+                    evidence.baselines.get("pooled-centralized")
+                ),
                 "epsilon spent (largest site)": max(
                     (s.epsilon for s in evidence.sites if s.epsilon is not None), default=None
                 ),
