@@ -301,8 +301,8 @@ def test_the_cli_builds_and_lists_queues_and_says_why_it_cannot(
         ((*base, "--threshold", "0.5"), 1, "not a checkpoint of the blob model"),
         (
             (*base[:-2], "--model", unet, "--architecture", "unet", "--threshold", "0.5"),
-            1,
-            "unet is a segmentation model",
+            2,
+            "invalid choice: 'unet'",  # --architecture takes classifiers only
         ),
         (("list", "--site-dir", site, "--queue", "nope"), 1, "has no review queue nope"),
     ):
