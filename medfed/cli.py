@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 #: server.strategies.STRATEGY_NAMES, repeated so that --help need not import Flower
 #: (tests/test_cli.py checks that the two agree).
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
 #: The model zoo's names (task.architectures, which imports no torch).
 MODELS = tuple(MODEL_ZOO)
 #: Its classifiers: what drift checks score.
@@ -133,21 +133,12 @@ def _add_privacy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _privacy_config(args: argparse.Namespace) -> PrivacyConfig:
-    import math
-
-    from task.privacy import PrivacyConfig
+    from task.privacy import requested_privacy
 
     epsilon = DEFAULT_EPSILON[args.task] if args.epsilon is None else args.epsilon
-    if math.isinf(epsilon) and args.noise_multiplier:
-        raise _Usage("--noise-multiplier needs a finite --epsilon or none")
     try:
-        config = PrivacyConfig.for_epsilon(
-            epsilon,
-            mode=args.dp,
-            noise_multiplier=args.noise_multiplier,
-            max_grad_norm=args.max_grad_norm,
-            clipping_norm=args.max_grad_norm,
-            accountant=args.accountant,
+        config = requested_privacy(
+            epsilon, args.dp, args.noise_multiplier, args.max_grad_norm, args.accountant
         )
     except ValueError as exc:
         raise _Usage(str(exc)) from exc
@@ -209,7 +200,9 @@ def _add_federation_options(parser: argparse.ArgumentParser) -> None:
         "--strategy",
         choices=STRATEGIES,
         default="fedavg",
-        help="aggregation strategy: fedavg, fedprox or fedadam (default: fedavg)",
+        help="aggregation strategy: fedavg, fedprox, fedadam, or one robust to a hostile "
+        "(Byzantine) site: fedmedian, fedtrimmedavg (cuts 20%% of each tail), krum or "
+        "multikrum (tolerating 1 hostile site) (default: fedavg)",
         metavar="NAME",
     )
     _add_seed(parser)
@@ -753,17 +746,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser(
         "simulate",
-        help="a federation of existing site stores on Flower's simulation runtime",
+        help="a federation of existing site stores, or of a scenario file, on Flower's "
+        "simulation runtime",
         description="Runs a federation over site stores made by `medfed site ingest`, with "
         "DP-SGD at every site (epsilon 8 by default, within each site's own ceiling), "
-        "local-only and pooled-centralized baselines, and writes RUN/evidence.json.",
+        "local-only and pooled-centralized baselines, and writes RUN/evidence.json. With "
+        "--scenario FILE instead of --site-dir, the scenario (TOML: sites, quantity and label "
+        "skew, scanners, strategy, privacy, model, rounds, seeds and faults to inject; "
+        "examples in simulations/scenarios/) says everything: its phantom sites are made "
+        "and ingested under RUN (RUN/phantoms, RUN/sites), the federation runs with its "
+        "faults injected at the sites (dropouts, stragglers, crashes, malformed and Byzantine "
+        "updates), and the evidence records the scenario and who took part in each round.",
     )
     simulate.add_argument(
         "--site-dir",
         type=Path,
         action="append",
-        required=True,
         help="a site store (repeat, at least 2)",
+    )
+    simulate.add_argument(
+        "--scenario",
+        type=Path,
+        metavar="FILE",
+        help="a simulation scenario (TOML) instead of --site-dir; the federation options "
+        "below come from it and may not be given (README, Scenarios and faults)",
     )
     simulate.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory")
     simulate.add_argument(
@@ -1040,8 +1046,11 @@ def _simulate(args: argparse.Namespace) -> None:
     from task.training import recipe
     from validation.acceptance import resolve_plan
 
-    if len(args.site_dir) < 2:
-        raise _Usage("a federation needs at least two --site-dir")
+    if args.scenario is not None:
+        _simulate_scenario(args)
+        return
+    if len(args.site_dir or ()) < 2:
+        raise _Usage("a federation needs at least two --site-dir (or a --scenario)")
     plan = resolve_plan(args.acceptance, args.task)
     provenance = DataProvenance(
         description="site stores " + ", ".join(d.name for d in args.site_dir),
@@ -1066,6 +1075,39 @@ def _simulate(args: argparse.Namespace) -> None:
         pooled_baseline=not args.no_pooled_baseline,
         progress=_say,
         verbose=args.debug,
+    )
+    _print_evidence(result.evidence)
+
+
+#: The options a scenario file sets, refused beside --scenario when they differ from their
+#: defaults (as `medfed simulate`'s arguments name them).
+_SCENARIO_SETS = (
+    "site_dir", "holdout", "simulated_data", "task", "model", "local_epochs", "rounds",
+    "strategy", "seed", "epsilon", "dp", "noise_multiplier", "max_grad_norm", "accountant",
+)  # fmt: skip
+
+
+def _simulate_scenario(args: argparse.Namespace) -> None:
+    from simulations.scenario import load_scenario
+    from simulations.scenario_run import run_scenario
+
+    defaults = build_parser().parse_args(["simulate", "--scenario", "-", "--out", "-"])
+    defaults.model = DEFAULT_MODELS[defaults.task]
+    given = [
+        "--" + name.replace("_", "-")
+        for name in _SCENARIO_SETS
+        if getattr(args, name) != getattr(defaults, name)
+    ]
+    if given:
+        raise _Usage(f"the scenario sets the federation: drop {', '.join(given)}")
+    scenario = load_scenario(args.scenario)
+    result = run_scenario(
+        scenario,
+        args.out,
+        progress=_say,
+        verbose=args.debug,
+        acceptance=args.acceptance,
+        pooled_baseline=not args.no_pooled_baseline,
     )
     _print_evidence(result.evidence)
 

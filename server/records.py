@@ -17,6 +17,7 @@ signature of that model in this run.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -218,6 +219,25 @@ class AuditedGrid(Grid):
 
 #: The reason recorded for a site that did not answer a message within the timeout.
 NO_REPLY = "no reply within the timeout"
+
+
+#: ANSI escape sequences (colours) in the reasons Flower's runtime writes for a crash.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: What Flower's runtime puts before the message of the exception a ClientApp raised.
+_RAISED = "occurred. Message: "
+_REASON_CHARS = 300
+
+
+def concise_reason(reason: str) -> str:
+    """An error reply's reason in one short line: Flower's runtime answers for a ClientApp
+    that raised with its traceback (colours included); this keeps the exception's message."""
+    lines = [line.strip() for line in _ANSI.sub("", reason).splitlines() if line.strip()]
+    if not lines:
+        return reason
+    line = lines[-1]
+    if _RAISED in line:
+        line = "the site's ClientApp raised: " + line.split(_RAISED, 1)[1].removesuffix("'>")
+    return line[:_REASON_CHARS]
 
 
 def no_reply(sent: Message) -> Message:

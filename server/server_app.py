@@ -97,10 +97,14 @@ class DataProvenance:
     description: one sentence for reports.
     simulated: True when sites or scanner differences are simulated (phantoms, a split
         of one hospital's data): reports must say so.
+    scenario: the simulation scenario the sites and faults came from
+        (`simulations.scenario`): its name, file, SHA-256, TOML text and the faults
+        injected; None outside scenarios.
     """
 
     description: str = "site stores ingested from the sites' DICOM folders"
     simulated: bool = False
+    scenario: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,9 @@ class FederationConfig:
     operating_threshold: the operating threshold (a probability) fixed before the job;
         default: chosen on the sites' training splits (Youden's J).
     timeout_s: how long to wait for replies to one message exchange.
+    round_timeout_s: how long a federated round waits for its train (and then evaluate)
+        replies before going on without the sites that have not answered (stragglers);
+        None: ``timeout_s``.
     signing_key: the coordinator's Ed25519 model-signing key (PEM): every model sent is
         signed with it (`task.signing`). None: models go unsigned (a simulation).
     audit_log: the coordinator's audit trail (`task.audit`); default ``RUN/audit.jsonl``.
@@ -149,6 +156,7 @@ class FederationConfig:
     frozen_model: Path | None = None
     operating_threshold: float | None = None
     timeout_s: float = 3600.0
+    round_timeout_s: float | None = None
     signing_key: Path | None = None
     audit_log: Path | None = None
     resume: bool = False
@@ -176,7 +184,9 @@ class FederationConfig:
             return  # nothing trains: rounds, strategy and privacy do not apply
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-        if self.privacy.mode == "central" and self.strategy.name == "fedadam":
+        if self.round_timeout_s is not None and not self.round_timeout_s > 0:
+            raise ValueError(f"the round timeout must be > 0 s, got {self.round_timeout_s}")
+        if self.privacy.mode == "central" and self.strategy.name not in ("fedavg", "fedprox"):
             raise ValueError("central DP averages like FedAvg: use --strategy fedavg or fedprox")
         if self.privacy.mode == "central" and self.strategy.fraction_train < 1:
             raise ValueError("central DP here asks every site each round (fraction_train 1)")
@@ -336,7 +346,7 @@ class FederatedJob:
                     grid=grid,
                     initial_arrays=self._arrays_of(f"global-round-{done:03d}") if done else initial,
                     num_rounds=config.rounds - done,
-                    timeout=config.timeout_s,
+                    timeout=config.round_timeout_s or config.timeout_s,
                     train_config=ConfigRecord(self._task_config()),
                     evaluate_config=ConfigRecord(self._task_config()),
                 )

@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from server.server_app import DataProvenance, FederationConfig
@@ -25,6 +25,7 @@ from server.strategies import StrategyConfig
 from simulations.federation import run_simulated_federation
 from simulations.phantoms import write_phantom_federation
 from site_client.ingest import ingest_site
+from site_client.policy import BurnedInTextPolicy, write_policy
 from site_client.store import SiteStore
 from task.architectures import check_dp_sgd, task_of
 from task.model import ModelConfig
@@ -45,7 +46,7 @@ DEMO_INTENDED_USE = Path(__file__).with_name("demo_intended_use.md")
 
 
 class DemoError(RuntimeError):
-    """The demo cannot run (e.g. its output folder holds something else)."""
+    """The demo (or a scenario run) cannot run: its output folder holds something else."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] = print) -> Pat
     verdicts are in the evidence."""
     plan = resolve_plan(config.acceptance, task_of(config.model))
     check_dp_sgd(config.model, config.privacy.mode)
-    _prepare(config.out)
+    prepare_output(config.out, DEMO_MARKER, ("phantoms", "sites", "run", DEMO_MARKER), "demo")
     marker = config.out / DEMO_MARKER
     marker.write_text(json.dumps({"config": asdict(config), "status": "running"}, default=str))
     started = time.perf_counter()
@@ -138,20 +139,36 @@ def make_phantom_sites(
     timings = {"phantoms": time.perf_counter() - started}
 
     progress("2/3 ingest at each site: de-identify, decode, store")
+    site_dirs = ingest_exports(phantom_sites, config.out / "sites", config.seed, progress)
+    timings["ingest"] = time.perf_counter() - started - timings["phantoms"]
+    return site_dirs, timings
+
+
+def ingest_exports(
+    exports: Sequence[Path],
+    sites_root: Path,
+    seed: int,
+    progress: Callable[[str], None] = print,
+    burned_in_text: BurnedInTextPolicy | None = None,
+) -> list[Path]:
+    """Each simulated hospital's export (``dicom/`` and ``labels.csv``) ingested into its
+    site store ``sites_root/<name>`` (keys derived from ``seed``, `simulated_site_secret`;
+    ``burned_in_text``: the stores' policy for images that may carry burned-in text, None:
+    the default); returns the stores' folders."""
     site_dirs = []
-    for phantom in phantom_sites:
-        store = SiteStore.create(
-            config.out / "sites" / phantom.name,
-            secret=simulated_site_secret(config.seed, phantom.name),
-        )
-        report = ingest_site(store, phantom / "dicom", phantom / "labels.csv", seed=config.seed)
+    for export in exports:
+        root = sites_root / export.name
+        store = SiteStore.create(root, secret=simulated_site_secret(seed, export.name))
+        if burned_in_text is not None:
+            write_policy(root, replace(store.policy, burned_in_text=burned_in_text))
+            store = SiteStore.open(root)
+        report = ingest_site(store, export / "dicom", export / "labels.csv", seed=seed)
         progress(
             f"  {store.site_id}: {report.stored} cases stored, "
             f"{report.quarantined} quarantined of {report.received} files"
         )
         site_dirs.append(store.root)
-    timings["ingest"] = time.perf_counter() - started - timings["phantoms"]
-    return site_dirs, timings
+    return site_dirs
 
 
 def stage_acceptance_plan(plan: AcceptancePlan, site_dirs: Sequence[Path], run_dir: Path) -> None:
@@ -192,15 +209,16 @@ def simulated_site_secret(seed: int, site_id: str) -> bytes:
     return hashlib.sha256(f"medfed phantom site {site_id} seed {seed}".encode()).digest()
 
 
-def _prepare(out: Path) -> None:
-    """Make ``out`` ready: new, empty, or a previous demo's (whose outputs are removed)."""
+def prepare_output(out: Path, marker: str, owned: Sequence[str] | None, what: str) -> None:
+    """Make ``out`` ready: new, empty, or an earlier ``what``'s (it holds ``marker``),
+    whose outputs (the entries ``owned``; None: everything in it) are removed; `DemoError`
+    for a folder that holds anything else."""
     if out.exists() and not out.is_dir():
         raise DemoError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / DEMO_MARKER).exists():
-            raise DemoError(f"{out}: folder is not empty and holds no earlier demo; choose --out")
-        for name in ("phantoms", "sites", "run", DEMO_MARKER):
-            path = out / name
+        if not (out / marker).exists():
+            raise DemoError(f"{out}: folder is not empty and holds no earlier {what}; choose --out")
+        for path in [out / name for name in owned] if owned is not None else list(out.iterdir()):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():

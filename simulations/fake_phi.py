@@ -149,9 +149,13 @@ def make_mrns(n: int, rng: np.random.Generator) -> list[str]:
     return [f"{1_000_000 + int(v):07d}" for v in rng.choice(9_000_000, n, replace=False)]
 
 
-def make_patient(rng: np.random.Generator, mrn: str, study_date: date, age_years: int) -> Patient:
-    """A fake patient who is ``age_years`` old (whole years) on ``study_date``."""
-    sex = str(rng.choice(("F", "M")))
+def make_patient(
+    rng: np.random.Generator, mrn: str, study_date: date, age_years: int, sex: str | None = None
+) -> Patient:
+    """A fake patient who is ``age_years`` old (whole years) on ``study_date``; ``sex`` "F"
+    or "M" (None: drawn)."""
+    if sex is None:
+        sex = str(rng.choice(("F", "M")))
     family, given, middle = _person(rng, sex)
     if rng.random() < 0.1:
         family = f"{family}-{rng.choice([name for name in FAMILY if name != family])}"

@@ -2,7 +2,8 @@
 
 The coordinator's ServerApp and the sites' ClientApp are the same objects a deployment
 runs; Flower's simulation runtime (Ray) runs one virtual SuperNode per site store, with
-one CPU each. Baselines that need all data in one place are trained here first.
+one CPU each. Baselines that need all data in one place are trained here first. A
+`simulations.faults.FaultPlan` makes some sites faulty (simulation only).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flwr.simulation import run_simulation
 from server.server_app import FederationConfig, build_server_app
 from server.sites import FederationError
 from simulations.baselines import train_pooled_centralized
+from simulations.faults import FaultPlan, FaultyClientApp
 from site_client.client_app import build_client_app
 from site_client.ledger import PrivacyLedger
 from site_client.privacy import PrivacyRefused, ReleaseRequest, plan_release
@@ -47,6 +49,7 @@ def run_simulated_federation(
     pooled_baseline: bool = True,
     progress: Callable[[str], None] = print,
     verbose: bool = False,
+    faults: FaultPlan | None = None,
 ) -> SimulationResult:
     """Run the federated job ``config`` over ``site_dirs``.
 
@@ -54,7 +57,10 @@ def run_simulated_federation(
     and so does a federation in which every site's privacy budget is already spent, or
     one asking DP-SGD of a model it cannot train (`DPSGDUnsupported`).
     With ``pooled_baseline`` the pooled-centralized model is trained and evaluated too (on
-    the training data of the sites that are not held out).
+    the training data of the sites that are not held out). ``faults`` are injected at the
+    sites (`FaultyClientApp`; its site ids in the order of ``site_dirs``); with stragglers,
+    the runtime runs one worker per site, as a real federation would, so that a late site
+    holds up no other.
     """
     apply_offline_environment()
     stores = [SiteStore.open(Path(d)) for d in site_dirs]
@@ -85,7 +91,14 @@ def run_simulated_federation(
         config = replace(config, reference_models=((POOLED_CENTRALIZED, checkpoint),))
         timings["pooled-centralized baseline"] = time.perf_counter() - started
 
+    if faults is not None and faults.site_ids != tuple(s.site_id for s in stores):
+        raise FederationError("the fault plan's sites are not the site stores, in order")
     cpus = os.cpu_count() or 1
+    if faults is not None and faults.has_stragglers:
+        cpus = max(cpus, len(stores))
+    client_app = build_client_app([s.root for s in stores])
+    if faults is not None:
+        client_app = FaultyClientApp(client_app, faults)
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {
@@ -96,13 +109,13 @@ def run_simulated_federation(
             "log_to_driver": verbose,
         },
     }
-    _quiet_flower(verbose)
+    _quiet_flower(verbose, faults is not None and faults.has_crashes)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
         run_simulation(
             server_app=build_server_app(config, progress),
-            client_app=build_client_app([s.root for s in stores]),
+            client_app=client_app,
             num_supernodes=len(stores),
             backend_config=backend_config,  # type: ignore[arg-type]
         )
@@ -148,6 +161,9 @@ def _check_budgets(stores: list[SiteStore], config: FederationConfig) -> None:
     raise FederationError("every site would refuse to train: " + "; ".join(reasons))
 
 
-def _quiet_flower(verbose: bool) -> None:
-    """Flower logs every message at INFO; medfed prints its own progress instead."""
-    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+def _quiet_flower(verbose: bool, crashes: bool = False) -> None:
+    """Flower logs every message at INFO; medfed prints its own progress instead. Sites made
+    to crash (``crashes``) would have Flower log each crash's traceback as an error: the
+    run's records say which site crashed, and why."""
+    quiet = logging.CRITICAL if crashes else logging.ERROR
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else quiet)

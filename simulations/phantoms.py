@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -421,7 +421,7 @@ class PhantomSiteSpec:
 
     def vendor_counts(self) -> dict[str, int]:
         """Cases per scanner profile, summing to ``n_cases``."""
-        return _apportion(self.vendor_mix, self.n_cases)
+        return apportion(self.vendor_mix, self.n_cases)
 
 
 _DEFAULT_SPECS = (
@@ -436,7 +436,7 @@ _DEFAULT_SPECS = (
 )
 
 
-def _apportion(fractions: Mapping[str, float], total: int) -> dict[str, int]:
+def apportion(fractions: Mapping[str, float], total: int) -> dict[str, int]:
     """Integer counts proportional to ``fractions`` summing to ``total`` (largest remainder)."""
     exact = {name: fraction * total for name, fraction in fractions.items()}
     counts = {name: int(np.floor(value)) for name, value in exact.items()}
@@ -480,17 +480,28 @@ def default_site_specs(
 
 
 def _random_spec(rng: np.random.Generator, index: int, single_vendor: bool) -> PhantomSiteSpec:
-    names = sorted(PROFILES)
-    chosen = rng.choice(names, 1 if single_vendor else int(rng.integers(2, 4)), replace=False)
-    weights = rng.integers(1, 6, size=len(chosen))
-    fractions = [round(float(w / weights.sum()), 2) for w in weights[:-1]]
-    fractions.append(round(1.0 - sum(fractions), 2))
+    mix = random_vendor_mix(rng, single_vendor)
     return PhantomSiteSpec(
         site_name(index),
         int(rng.integers(SITE_CASES_RANGE[0], SITE_CASES_RANGE[1] + 1)),
         round(float(rng.uniform(*SITE_PREVALENCE_RANGE)), 2),
-        {str(name): fraction for name, fraction in zip(chosen, fractions, strict=True)},
+        mix,
     )
+
+
+def random_vendor_mix(
+    rng: np.random.Generator,
+    single_vendor: bool = False,
+    profiles: Mapping[str, object] = PROFILES,
+) -> dict[str, float]:
+    """A site's scanner mix drawn from ``rng``: one profile, or two or three of
+    ``profiles`` (default `scanners.PROFILES`) in fractions (two decimals) summing to 1."""
+    names = sorted(profiles)
+    chosen = rng.choice(names, 1 if single_vendor else int(rng.integers(2, 4)), replace=False)
+    weights = rng.integers(1, 6, size=len(chosen))
+    fractions = [round(float(w / weights.sum()), 2) for w in weights[:-1]]
+    fractions.append(round(1.0 - sum(fractions), 2))
+    return {str(name): fraction for name, fraction in zip(chosen, fractions, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -540,7 +551,7 @@ def _case_uids(seed: int, site_id: str, case_index: int) -> dict[str, str]:
     return {kind: deterministic_uid(seed, site_id, case_index, kind) for kind in kinds}
 
 
-def _item(**attributes: object) -> Dataset:
+def dicom_item(**attributes: object) -> Dataset:
     item = Dataset()
     for keyword, value in attributes.items():
         setattr(item, keyword, value)
@@ -563,41 +574,26 @@ def _ct_dataset(case: _Case) -> Dataset:
     origin = round(-profile.fov_mm / 2.0 + case.pixel_mm / 2.0, 4)
     center, width = encoding.window(profile.window_center_hu, profile.window_width_hu)
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = case.uids["sop"]
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = deterministic_uid("implementation")
-    meta.ImplementationVersionName = "MEDFED_PHANTOM"
-
-    ds = _item(
-        SpecificCharacterSet="ISO_IR 100",
+    ds = dicom_item(
+        **patient_study_attributes(
+            case.patient, case.visit, case.institution, case.uids, case.age, "CT"
+        ),
         ImageType=["ORIGINAL", "PRIMARY", "AXIAL"],
         SOPClassUID=CTImageStorage,
-        SOPInstanceUID=case.uids["sop"],
-        StudyDate=f"{visit.study_datetime:%Y%m%d}",
         SeriesDate=f"{series_time:%Y%m%d}",
         AcquisitionDate=f"{acquisition_time:%Y%m%d}",
         ContentDate=f"{content_time:%Y%m%d}",
-        StudyTime=f"{visit.study_datetime:%H%M%S}",
         SeriesTime=f"{series_time:%H%M%S}",
         AcquisitionTime=f"{acquisition_time:%H%M%S}",
         ContentTime=f"{content_time:%H%M%S}",
-        AccessionNumber=visit.accession,
-        Modality="CT",
         Manufacturer=profile.manufacturer,
-        InstitutionName=case.institution.name,
-        InstitutionAddress=case.institution.address,
-        ReferringPhysicianName=visit.referring_physician,
         StationName=case.station[0],
         StudyDescription="CT ABDOMEN WITH CONTRAST",
         SeriesDescription=f"PORTAL VENOUS {profile.slice_thickness_mm:g}mm",
-        PerformingPhysicianName=visit.performing_physician,
-        OperatorsName=visit.operator,
         ManufacturerModelName=profile.model,
         ReferencedStudySequence=DicomSequence(
             [
-                _item(
+                dicom_item(
                     ReferencedSOPClassUID=_STUDY_COMPONENT_CLASS,
                     ReferencedSOPInstanceUID=case.uids["study_component"],
                 )
@@ -605,27 +601,21 @@ def _ct_dataset(case: _Case) -> Dataset:
         ),
         ReferencedPerformedProcedureStepSequence=DicomSequence(
             [
-                _item(
+                dicom_item(
                     ReferencedSOPClassUID=_PERFORMED_STEP_CLASS,
                     ReferencedSOPInstanceUID=case.uids["performed_step"],
                 )
             ]
         ),
-        PatientName=patient.dicom_name,
-        PatientID=patient.mrn,
-        IssuerOfPatientID=case.institution.code,
-        PatientBirthDate=f"{patient.birth_date:%Y%m%d}",
-        PatientSex=patient.sex,
         OtherPatientIDsSequence=DicomSequence(
             [
-                _item(
+                dicom_item(
                     PatientID=patient.enterprise_id,
                     IssuerOfPatientID="ENTERPRISE MPI",
                     TypeOfPatientID="TEXT",
                 )
             ]
         ),
-        PatientAge=f"{case.age:03d}Y",
         BodyPartExamined="ABDOMEN",
         SliceThickness=profile.slice_thickness_mm,
         KVP=profile.kvp,
@@ -641,9 +631,6 @@ def _ct_dataset(case: _Case) -> Dataset:
         Exposure=case.tube_current_ma * case.exposure_time_ms // 1000,
         ConvolutionKernel=list(profile.convolution_kernel),
         PatientPosition="HFS",
-        StudyInstanceUID=case.uids["study"],
-        SeriesInstanceUID=case.uids["series"],
-        StudyID=visit.study_id,
         SeriesNumber=3,
         AcquisitionNumber=1,
         InstanceNumber=case.instance_number,
@@ -670,7 +657,7 @@ def _ct_dataset(case: _Case) -> Dataset:
         WindowCenterWidthExplanation="ABDOMEN",
         RequestAttributesSequence=DicomSequence(
             [
-                _item(
+                dicom_item(
                     AccessionNumber=visit.accession,
                     RequestedProcedureDescription="CT ABDOMEN W CONTRAST",
                     ScheduledProcedureStepDescription="CT ABDOMEN PORTAL VENOUS",
@@ -680,6 +667,48 @@ def _ct_dataset(case: _Case) -> Dataset:
             ]
         ),
     )
+    ds.PixelData = case.pixels.tobytes()
+    return finish_dataset(ds, patient, visit)
+
+
+def patient_study_attributes(
+    patient: Patient,
+    visit: Visit,
+    institution: Institution,
+    uids: Mapping[str, str],
+    age: int,
+    modality: str,
+) -> dict[str, object]:
+    """The attributes every simulated hospital's file has (fake PHI in standard tags):
+    patient, study, series and instance UIDs (``uids``: study, series, sop), the visit's
+    order numbers and staff, and ``modality``."""
+    return {
+        "SpecificCharacterSet": "ISO_IR 100",
+        "SOPInstanceUID": uids["sop"],
+        "StudyDate": f"{visit.study_datetime:%Y%m%d}",
+        "StudyTime": f"{visit.study_datetime:%H%M%S}",
+        "AccessionNumber": visit.accession,
+        "Modality": modality,
+        "InstitutionName": institution.name,
+        "InstitutionAddress": institution.address,
+        "ReferringPhysicianName": visit.referring_physician,
+        "PerformingPhysicianName": visit.performing_physician,
+        "OperatorsName": visit.operator,
+        "PatientName": patient.dicom_name,
+        "PatientID": patient.mrn,
+        "IssuerOfPatientID": institution.code,
+        "PatientBirthDate": f"{patient.birth_date:%Y%m%d}",
+        "PatientSex": patient.sex,
+        "PatientAge": f"{age:03d}Y",
+        "StudyInstanceUID": uids["study"],
+        "SeriesInstanceUID": uids["series"],
+        "StudyID": visit.study_id,
+    }
+
+
+def finish_dataset(ds: Dataset, patient: Patient, visit: Visit) -> Dataset:
+    """``ds`` with a private block of fake PHI (as PACS exports carry) and its file meta
+    (explicit VR little endian, the SOP class and instance of ``ds``)."""
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "PN", patient.dicom_name)
     block.add_new(0x02, "LO", patient.mrn)
@@ -690,7 +719,12 @@ def _ct_dataset(case: _Case) -> Dataset:
         f"{patient.birth_date:%m/%d/%Y}): {visit.indication}. "
         f"Ordered by {visit.referring_physician}.",
     )
-    ds.PixelData = case.pixels.tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = deterministic_uid("implementation")
+    meta.ImplementationVersionName = "MEDFED_PHANTOM"
     ds.file_meta = meta
     return ds
 
@@ -765,13 +799,13 @@ def _write_case(job: _CaseJob) -> tuple[str, int, str, str, int]:
     return f"{relative}.dcm", job.label, f"masks/{relative}.png", case.patient.sex, case.age
 
 
-def _shuffled(rng: np.random.Generator, counts: Mapping[_T, int]) -> list[_T]:
+def shuffled(rng: np.random.Generator, counts: Mapping[_T, int]) -> list[_T]:
     """Each key repeated ``count`` times, in random order."""
     items = [key for key, count in counts.items() for _ in range(count)]
     return [items[i] for i in rng.permutation(len(items))]
 
 
-def _prepare_site_dir(site_dir: Path) -> None:
+def prepare_site_dir(site_dir: Path) -> None:
     """Remove a previous phantom export from ``site_dir``; refuse to write over anything else."""
     owned = (site_dir / "dicom", site_dir / "masks", site_dir / LABELS_FILE)
     if site_dir.exists() and not (site_dir / MARKER_FILE).exists():
@@ -796,10 +830,10 @@ def _site_jobs(
     scene: SceneConfig,
 ) -> list[_CaseJob]:
     """Prepare a site dir and decide each case's label, scanner, MRN and station."""
-    _prepare_site_dir(site_dir)
+    prepare_site_dir(site_dir)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SITE_STREAM, site_index]))
-    labels = _shuffled(rng, {1: spec.n_positive, 0: spec.n_cases - spec.n_positive})
-    scanners = _shuffled(rng, spec.vendor_counts())
+    labels = shuffled(rng, {1: spec.n_positive, 0: spec.n_cases - spec.n_positive})
+    scanners = shuffled(rng, spec.vendor_counts())
     mrns = make_mrns(spec.n_cases, rng)
     stations = {
         name: (f"{institution.code}CT{number:02d}", str(int(rng.integers(10**5, 10**6))))
@@ -833,10 +867,7 @@ def _write_site_files(
     scene: SceneConfig,
 ) -> None:
     """Write labels.csv and the phantom marker of a site whose cases are written."""
-    with (site_dir / LABELS_FILE).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(LABEL_COLUMNS)
-        writer.writerows(rows)
+    write_labels(site_dir, LABEL_COLUMNS, rows)
     marker = {
         "simulated": True,
         "note": "Synthetic CT phantoms; scanner differences are simulated.",
@@ -849,6 +880,14 @@ def _write_site_files(
         "scanners": {PROFILES[n].scanner_group: c for n, c in spec.vendor_counts().items()},
     }
     (site_dir / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+
+
+def write_labels(site_dir: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A site's labels.csv: ``columns``, then one line per row."""
+    with (site_dir / LABELS_FILE).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
 
 
 def _run_jobs(jobs: list[_CaseJob], workers: int) -> Iterator[tuple[str, int, str, str, int]]:
@@ -883,10 +922,12 @@ def write_phantom_federation(
     *,
     scene: SceneConfig | None = None,
     workers: int | None = None,
+    specs: Sequence[PhantomSiteSpec] | None = None,
 ) -> list[Path]:
     """Write a phantom federation under ``out_dir``; returns the site dirs ``out_dir/<site_id>``.
 
-    Sites come from `default_site_specs` (``n_sites``, ``cases_per_site``, ``seed``); images
+    Sites are ``specs`` if given (a simulation scenario's, `simulations.scenario`), else
+    `default_site_specs` (``n_sites``, ``cases_per_site``, ``seed``); images
     are ``image_size`` square pixels. ``progress(site_id, done, total)`` is called after each
     case. ``scene`` sets the anatomy and lesion ranges (default `SceneConfig()`, recorded in
     each site's phantom.json). ``workers`` processes write the cases (default: one per CPU, at most
@@ -899,7 +940,7 @@ def write_phantom_federation(
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     scene = scene or SceneConfig()
-    specs = default_site_specs(n_sites, cases_per_site, seed)
+    specs = list(specs) if specs is not None else default_site_specs(n_sites, cases_per_site, seed)
     institutions = make_institutions(
         len(specs), np.random.default_rng(np.random.SeedSequence([seed, _INSTITUTION_STREAM]))
     )

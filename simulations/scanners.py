@@ -10,6 +10,9 @@ The acquisition chain of one image is `acquire` (scene HU on the scanner's pixel
 measured intensities: PSF blur, bias field, correlated noise, intensity response) followed by
 `PixelEncoding.encode` (measured intensities -> stored integers: the inverse of the DICOM
 modality LUT, and the MONOCHROME1 inversion where the profile uses it).
+
+`US_PROFILES` are SIMULATED ultrasound systems (gain, contrast, speckle, blur applied to
+real 8-bit images: the ``breastmnist`` scenario source), equally invented.
 """
 
 from __future__ import annotations
@@ -289,6 +292,100 @@ PROFILES: dict[str, ScannerProfile] = {
                 rescale_intercept=-2048.0,
                 photometric="MONOCHROME1",
             ),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class UltrasoundProfile:
+    """A SIMULATED ultrasound system: how it changes an 8-bit B-mode image of a real case.
+
+    ``gain`` and ``offset`` scale and shift grey levels (overall gain), ``gamma`` bends
+    them (dynamic range / compression: > 1 darkens mid-greys), ``speckle`` is the standard
+    deviation of multiplicative Gaussian noise (per image, spread by `DOSE_NOISE_FACTOR`)
+    and ``blur_px`` a Gaussian blur in pixels (lateral resolution). Invented numbers: none
+    describes the named product (`ScannerProfile` says the same of the CT profiles).
+    """
+
+    name: str
+    manufacturer: str
+    model: str
+    software_versions: str
+    transducer: str
+    gain: float
+    offset: float
+    gamma: float
+    speckle: float
+    blur_px: float
+    simulated: bool = True
+
+    @property
+    def scanner_group(self) -> str:
+        """``"<Manufacturer> <ManufacturerModelName>"``, the scanner stratum downstream."""
+        return f"{self.manufacturer} {self.model}"
+
+    def acquire(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """An 8-bit grey image as this system would show it: blur, gain and offset,
+        gamma, speckle; returns uint8 of the same shape. Draws from ``rng``."""
+        x = ndimage.gaussian_filter(image.astype(np.float64), self.blur_px, mode="nearest")
+        x = np.clip((x * self.gain + self.offset) / 255.0, 0.0, 1.0) ** self.gamma
+        sigma = self.speckle * rng.uniform(*DOSE_NOISE_FACTOR)
+        x = x * (1.0 + sigma * rng.standard_normal(x.shape))
+        return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+#: The simulated ultrasound profiles by name (the ``breastmnist`` scenario source).
+US_PROFILES: dict[str, UltrasoundProfile] = {
+    p.name: p
+    for p in (
+        UltrasoundProfile(
+            name="ge_logiq_e10",
+            manufacturer="GE Healthcare",
+            model="LOGIQ E10",
+            software_versions="R3.1.2",
+            transducer="ML6-15",
+            gain=1.0,
+            offset=0.0,
+            gamma=1.0,
+            speckle=0.04,
+            blur_px=0.0,
+        ),
+        UltrasoundProfile(
+            name="philips_epiq_7",
+            manufacturer="Philips",
+            model="EPIQ 7",
+            software_versions="7.0.5",
+            transducer="eL18-4",
+            gain=1.15,
+            offset=8.0,
+            gamma=0.85,
+            speckle=0.08,
+            blur_px=0.4,
+        ),
+        UltrasoundProfile(
+            name="siemens_acuson_s2000",
+            manufacturer="SIEMENS",
+            model="ACUSON S2000",
+            software_versions="VC20A",
+            transducer="18L6 HD",
+            gain=0.85,
+            offset=-6.0,
+            gamma=1.25,
+            speckle=0.12,
+            blur_px=0.6,
+        ),
+        UltrasoundProfile(
+            name="canon_aplio_i800",
+            manufacturer="CANON_MEC",
+            model="Aplio i800",
+            software_versions="V6.0",
+            transducer="i18LX5",
+            gain=1.05,
+            offset=-12.0,
+            gamma=1.1,
+            speckle=0.06,
+            blur_px=0.3,
         ),
     )
 }

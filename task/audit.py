@@ -42,6 +42,7 @@ class AuditEvent(StrEnum):
     MODEL_SENT = "model sent"
     MODEL_RECEIVED = "model received"
     MODEL_REJECTED = "model rejected"
+    UPDATE_REJECTED = "update rejected"
     EPSILON_SPENT = "epsilon spent"
     REFUSED = "refused"
     TASK_APPROVED = "task approved"

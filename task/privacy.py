@@ -96,3 +96,26 @@ class PrivacyConfig:
     def guarantee(self) -> str:
         """One sentence: what the run's privacy protects, where, and against whom."""
         return GUARANTEES[self.mode]
+
+
+def requested_privacy(
+    epsilon: float,
+    dp: str = "local",
+    noise_multiplier: float = 0.0,
+    max_grad_norm: float = 1.0,
+    accountant: str = "rdp",
+) -> PrivacyConfig:
+    """The settings a user asks for (``medfed``'s --epsilon, --dp, --noise-multiplier,
+    --max-grad-norm and --accountant, or a scenario's ``[privacy]``): ``epsilon`` infinite
+    means no DP; ``max_grad_norm`` is also central DP's clipping norm. `ValueError` for
+    settings that contradict each other."""
+    if math.isinf(epsilon) and noise_multiplier:
+        raise ValueError("a noise multiplier needs a finite epsilon (or none)")
+    return PrivacyConfig.for_epsilon(
+        epsilon,
+        mode=dp,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        clipping_norm=max_grad_norm,
+        accountant=accountant,
+    )

@@ -52,6 +52,7 @@ from validation.metrics import (
     threshold_probability,
     youden_threshold,
 )
+from validation.participation import ROUND_PHASES, participation_by_site, round_participation
 from validation.privacy import run_privacy, site_privacy
 from validation.segmentation import (
     DEFINITIONS,
@@ -203,6 +204,7 @@ def build_evidence(records: RunRecords, plan: AcceptancePlan | None = None) -> d
         ],
         "site_failures": _site_failures(records),
         "rounds": _rounds(records.rounds),
+        "participation": participation_by_site(records.rounds),
     }
     if records.drift is not None:
         evidence["drift"] = _drift(records.drift)
@@ -676,13 +678,15 @@ def _site_entry(site: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per round: wall time, pooled test AUC (segmentation: mean Dice) and loss, and each
-    site's metrics or error."""
+    """Per round: wall time, pooled test AUC (segmentation: mean Dice) and loss, each
+    site's metrics or error, and who took part (`validation.participation`)."""
     by_round: dict[int, dict[str, Any]] = {}
     for entry in entries:
         if entry["round"] == 0:
             continue
         record = by_round.setdefault(entry["round"], {"round": entry["round"], "sites": {}})
+        if entry["phase"] in ROUND_PHASES:
+            record.setdefault("entries", []).append(entry)
         if entry["phase"] == "summary":
             record["seconds"] = entry["seconds"]
             record["pooled_auc"] = entry.get("pooled-auc")
@@ -694,6 +698,8 @@ def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             record["central_dp_epsilon"] = entry["epsilon"]
             continue
         site = record["sites"].setdefault(entry["site"], {})
+        if "rejected" in entry:
+            site["rejected"] = entry["rejected"]
         if "error" in entry:
             site[f"{entry['phase']}_error"] = entry["error"]
         elif "refused" in entry:
@@ -708,4 +714,6 @@ def _rounds(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             site["auc"] = entry["metrics"].get("auc")
             if "dice" in entry["metrics"]:
                 site["dice"] = entry["metrics"]["dice"]
+    for record in by_round.values():
+        record["participation"] = round_participation(record.pop("entries", []))
     return [by_round[r] for r in sorted(by_round)]

@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from task.runtime import code_version
 from validation.report.blocks import Section
-from validation.report.sections import SIMULATED, SIMULATED_WARNING, description
+from validation.report.sections import SIMULATED, description, simulated_warning
 from validation.report.source import ReportSource, dig
 
 #: Nothing may be loaded: scripts and styles are inline; Plotly draws heatmaps as data: images.
@@ -57,7 +57,7 @@ def render_html(src: ReportSource, sections: tuple[Section, ...], generated: dat
         generator=f"medfed {code_version()} (medfed report), Plotly {plotly.__version__}",
         simulated=src.simulated,
         simulated_label=SIMULATED,
-        simulated_warning=SIMULATED_WARNING,
+        simulated_warning=simulated_warning(src),
         data_description=description(src),
         sections=sections,
         gaps=[gap for section in sections for gap in section.gaps],

@@ -42,8 +42,10 @@ from validation.report.source import ReportSource, dig
 
 SIMULATED = "scanner differences simulated"
 SIMULATED_WARNING = (
-    "The sites, their cases and the scanner differences between them are simulated. The "
-    "numbers show how the method behaves, not how the model would perform on patients."
+    "The sites and the scanner differences between them are simulated, and so are their "
+    "cases unless the data are real images split into simulated sites (the run's data "
+    "description says which). The numbers show how the method behaves, not how the model "
+    "would perform on patients."
 )
 #: The five metrics of the performance tables.
 METRICS = {
@@ -122,8 +124,14 @@ def description(src: ReportSource) -> str:
     return text if isinstance(text, str) and text else "not described in the evidence"
 
 
-def simulated_note() -> Note:
-    return Note("warning", f"Simulated data, {SIMULATED}: {SIMULATED_WARNING}")
+def simulated_warning(src: ReportSource) -> str:
+    """The warning of a run on simulated data, with the run's own description of its data
+    (which says what, if anything, is real)."""
+    return f"{SIMULATED_WARNING} Data: {description(src)}."
+
+
+def simulated_note(src: ReportSource) -> Note:
+    return Note("warning", f"Simulated data, {SIMULATED}: {simulated_warning(src)}")
 
 
 def count_cell(n: Any, positives: Any) -> Cell:
@@ -344,7 +352,7 @@ def provenance(src: ReportSource) -> Section:
     data = src.data
     sites = site_entries(src)
     holdout = set(dig(data, "run", "holdout_sites") or [])
-    blocks: list[Block] = [simulated_note()] if src.simulated else []
+    blocks: list[Block] = [simulated_note(src)] if src.simulated else []
     blocks.append(
         Fields(
             (
