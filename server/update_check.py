@@ -1,10 +1,11 @@
 """The coordinator's check of every train reply before aggregation.
 
 A malformed update is rejected with its reason and never aggregated: not exactly one
-ArrayRecord, an array missing or unexpected, a shape or dtype that is not the global
-model's, NaN or infinite values, not exactly one MetricRecord, or no positive, finite
-``num-examples``. A well-formed but hostile update (a Byzantine site's sign-flipped or
-scaled model) passes: that is what robust aggregation (`server.strategies`) is for.
+ArrayRecord, an array missing or unexpected, a shape that is not the global model's, an
+array of another kind (integers for a floating-point array), NaN or infinite values, not
+exactly one MetricRecord, or no positive, finite ``num-examples``. A well-formed but
+hostile update (a Byzantine site's sign-flipped or scaled model) passes: that is what
+robust aggregation (`server.strategies`) is for.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def metrics_problem(content: RecordDict) -> str | None:
 def arrays_problem(content: RecordDict, reference: ArrayRecord) -> str | None:
     """Why the model in the train reply ``content`` does not fit the global model
     ``reference`` (None when it does): not exactly one ArrayRecord, an array missing or
-    unexpected, another shape or dtype, NaN or infinite values."""
+    unexpected, another shape, another kind of number, NaN or infinite values.
+
+    Floating-point arrays of another width are accepted: the global model a FedAdam round
+    returns is float64 while the sites train and reply in float32."""
     arrays = content.array_records
     if len(arrays) != 1:
         return f"{len(arrays)} array records, expected 1"
@@ -60,7 +64,7 @@ def arrays_problem(content: RecordDict, reference: ArrayRecord) -> str | None:
                 f"array {key}: shape {list(got.shape)}, "
                 f"the global model's is {list(expected.shape)}"
             )
-        if got.dtype != expected.dtype:
+        if _kind(got.dtype) != _kind(expected.dtype):
             return f"array {key}: dtype {got.dtype}, the global model's is {expected.dtype}"
         values = got.numpy()
         if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
@@ -85,6 +89,11 @@ def harmonise_metrics(replies: list[Message]) -> None:
 def _metrics_of(reply: Message) -> MetricRecord:
     (metric,) = reply.content.metric_records.values()
     return metric
+
+
+def _kind(dtype: np.dtype | str) -> str:
+    """A dtype's kind of number: float, complex, signed or unsigned integer, bool."""
+    return np.dtype(dtype).kind
 
 
 def _positive_number(value: object) -> bool:

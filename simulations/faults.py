@@ -15,7 +15,7 @@ coordinator does, so the coordinator sees what it would see from a faulty site:
 - ``crash``: the site's ClientApp raises while handling the round's train message.
 - ``nan``, ``wrong_shape``, ``wrong_dtype``, ``missing_array``: a malformed update (the
   first array's values all NaN; the first array flattened with one value more; the first
-  array in float64; the last array left out), which the coordinator must reject.
+  array as integers; the last array left out), which the coordinator must reject.
 - ``sign_flip``, ``scale`` (Byzantine): a well-formed hostile update, ``g - factor * d``
   or ``g + factor * d`` where ``g`` is the global model sent and ``d`` the site's honest
   update (its trained model minus ``g``); robust aggregation is what bounds them.
@@ -46,7 +46,7 @@ FAULT_KINDS = {
     "crash": "its ClientApp raises during the round's training",
     "nan": "sends an update whose first array is all NaN",
     "wrong_shape": "sends an update whose first array has another shape",
-    "wrong_dtype": "sends an update whose first array is float64",
+    "wrong_dtype": "sends an update whose first array is integers (int64)",
     "missing_array": "sends an update without its last array",
     "sign_flip": "Byzantine: sends g - factor x (its update)",
     "scale": "Byzantine: sends g + factor x (its update)",
@@ -207,7 +207,7 @@ def _tampered(fault: FaultSpec, sent: RecordDict, reply: RecordDict) -> RecordDi
     elif fault.kind == "wrong_shape":
         arrays[first] = np.append(arrays[first].reshape(-1), 0).astype(arrays[first].dtype)
     elif fault.kind == "wrong_dtype":
-        arrays[first] = arrays[first].astype(np.float64)
+        arrays[first] = arrays[first].astype(np.int64)
     elif fault.kind == "missing_array":
         del arrays[last]
     else:

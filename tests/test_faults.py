@@ -70,7 +70,7 @@ def _train_content(values: dict[str, np.ndarray], **metrics: Any) -> RecordDict:
         ({"w": np.full((2, 3), np.nan, dtype=np.float32)}, "array w: 6 NaN and 0 infinite"),
         ({"b": np.array([1, np.inf, 0], dtype=np.float32)}, "array b: 0 NaN and 1 infinite"),
         ({"w": np.ones((3, 2), dtype=np.float32)}, "array w: shape [3, 2], the global model's"),
-        ({"b": np.zeros(3, dtype=np.float64)}, "array b: dtype float64, the global model's is"),
+        ({"b": np.zeros(3, dtype=np.int64)}, "array b: dtype int64, the global model's is"),
         ({"extra": np.zeros(1, dtype=np.float32)}, "unexpected array(s) extra"),
     ],
 )
@@ -88,6 +88,12 @@ def test_missing_arrays_and_unusable_example_counts_are_malformed() -> None:
     content[METRICS] = MetricRecord({NUM_EXAMPLES: 0})
     assert update_problem(content, reference) == "num-examples is 0, not a positive number"
     assert update_problem(_train_content(GLOBAL), reference) is None
+
+
+def test_a_float32_update_of_a_float64_global_model_is_well_formed() -> None:
+    """FedAdam's global model comes back as float64; the sites train and reply in float32."""
+    wide = {k: v.astype(np.float64) for k, v in GLOBAL.items()}
+    assert update_problem(_train_content(GLOBAL), _arrays(wide)) is None
 
 
 # --- the fault wrapper, around a stand-in site ------------------------------------------
@@ -131,7 +137,7 @@ def test_malformed_faults_change_the_update_as_their_kind_says() -> None:
     honest = _weights(_call(_stand_in_site()))
     assert np.isnan(_weights(_call(_faulty(FaultSpec("nan"))))["w"]).all()
     assert _weights(_call(_faulty(FaultSpec("wrong_shape"))))["w"].shape == (7,)
-    assert _weights(_call(_faulty(FaultSpec("wrong_dtype"))))["w"].dtype == np.float64
+    assert _weights(_call(_faulty(FaultSpec("wrong_dtype"))))["w"].dtype == np.int64
     assert set(_weights(_call(_faulty(FaultSpec("missing_array"))))) == {"w"}
     # Byzantine: g - 5 d and g + 10 d, with d = honest - g = 1 everywhere.
     flipped = _weights(_call(_faulty(FaultSpec("sign_flip", factor=5.0))))
@@ -223,7 +229,7 @@ def _evidence(run: Path) -> dict[str, Any]:
 @pytest.mark.slow
 def test_malformed_updates_crashes_and_stragglers_on_the_runtime(tmp_path: Path) -> None:
     """unreliable-sites.toml: round 1: site-b NaN, site-c another shape, site-d crashes;
-    round 2: site-a straggles past the 20 s round timeout, site-b float64, site-c an array
+    round 2: site-a straggles past the 20 s round timeout, site-b integers, site-c an array
     short. Each is recorded with its reason and no malformed update reaches the model."""
     scenario = load_scenario(SCENARIOS / "unreliable-sites.toml")
     run = tmp_path / "run"
@@ -239,7 +245,7 @@ def test_malformed_updates_crashes_and_stragglers_on_the_runtime(tmp_path: Path)
     }
     assert "NaN" in rejected[1, "site-b"]
     assert "shape [225], the global model's is [16, 14, 1, 1]" in rejected[1, "site-c"]
-    assert "dtype float64" in rejected[2, "site-b"]
+    assert "dtype int64" in rejected[2, "site-b"]
     assert "missing array(s)" in rejected[2, "site-c"]
     assert first["failed"] == [
         {
