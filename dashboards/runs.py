@@ -357,7 +357,17 @@ class Site:
 
 
 #: What a site did in a round, in the order the participation chart shows them.
-PARTICIPATION = ("trained and evaluated", "trained", "evaluated", "refused", "failed", "absent")
+PARTICIPATION = (
+    "trained and evaluated", "trained", "evaluated", "update rejected", "cut off", "dropped out",
+    "refused", "failed", "absent",
+)  # fmt: skip
+#: The outcomes of a round's training, in the evidence's ``participation`` (older runs lack it),
+#: that the site records alone cannot tell from a failure: the state each one is shown as.
+_TRAINING_OUTCOMES = {
+    "rejected": "update rejected",
+    "cut_off": "cut off",
+    "dropped_out": "dropped out",
+}
 
 
 @dataclass(frozen=True)
@@ -373,6 +383,11 @@ class SiteRound:
     evaluate_seconds: float | None = None
     refused: str | None = None
     errors: dict[str, str] = field(default_factory=dict)  # phase -> error
+    #: How the coordinator saw its training reply, where the records alone cannot tell it
+    #: from a failure: "update rejected" (malformed, never aggregated), "cut off" (too late)
+    #: or "dropped out" (unavailable); and the coordinator's reason for a rejection.
+    outcome: str | None = None
+    outcome_reason: str | None = None
 
     @classmethod
     def read(cls, node: Node) -> SiteRound:
@@ -395,6 +410,8 @@ class SiteRound:
     @property
     def participation(self) -> str:
         """One of `PARTICIPATION` but "absent" (a site without a record is absent)."""
+        if self.outcome:
+            return self.outcome
         if self.errors:
             return "failed"
         if self.refused:
@@ -407,7 +424,9 @@ class SiteRound:
 
     @property
     def detail(self) -> str:
-        """The refusal or errors, one line ("" when none)."""
+        """The refusal, rejection or errors, one line ("" when none)."""
+        if self.outcome_reason:
+            return self.outcome_reason
         if self.refused:
             return f"refused: {self.refused}"
         return "; ".join(f"{phase}: {error}" for phase, error in self.errors.items())
@@ -435,8 +454,29 @@ class Round:
             pooled_dice=node.opt_number("pooled_dice"),
             test_loss=node.opt_number("test_loss"),
             central_epsilon=node.opt_number("central_dp_epsilon"),
-            sites={name: SiteRound.read(s) for name, s in node["sites"].items()},
+            sites=_with_outcomes(
+                {name: SiteRound.read(s) for name, s in node["sites"].items()},
+                node.get("participation"),
+            ),
         )
+
+
+def _with_outcomes(sites: dict[str, SiteRound], participation: Node | None) -> dict[str, SiteRound]:
+    """``sites`` with the training outcomes of the round's ``participation`` (absent from
+    older evidence) that their records cannot tell from a failure."""
+    if participation is None:
+        return sites
+    sites = dict(sites)
+    for key, state in _TRAINING_OUTCOMES.items():
+        for entry in participation.get(key) or ():
+            reason = None
+            if isinstance(entry.value, dict):  # rejected: {site, reason}
+                site, reason = entry["site"].text(), entry.opt_text("reason")
+            else:
+                site = entry.text()
+            known = sites.get(site, SiteRound())
+            sites[site] = replace(known, outcome=state, outcome_reason=reason)
+    return sites
 
 
 @dataclass(frozen=True)

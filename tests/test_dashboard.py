@@ -473,6 +473,32 @@ def test_refusals_and_dropouts_are_shown(
     assert "Privacy refusals" in texts(app) and "Dropouts and failures" in texts(app)
 
 
+def test_rejected_updates_cut_offs_and_dropouts_are_told_apart(
+    demo_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A faulty federation's participation (`validation.participation`): a rejected update,
+    a straggler cut off and a dropout each have their own state, not "failed"."""
+    sites: list[str] = []
+
+    def with_faults(evidence: dict[str, Any]) -> None:
+        sites.extend(s["id"] for s in evidence["sites"])
+        first, second = evidence["rounds"][0], evidence["rounds"][1]
+        first["participation"]["rejected"] = [{"site": sites[0], "reason": "NaN in conv.weight"}]
+        first["sites"][sites[0]] = {"train_error": "update rejected: NaN in conv.weight"}
+        first["participation"]["cut_off"] = [sites[1]]
+        first["sites"].pop(sites[1], None)
+        second["participation"]["dropped_out"] = [sites[2]]
+        second["sites"][sites[2]] = {"train_error": "node unavailable"}
+
+    run = copy_run(demo_run, tmp_path / "run", with_faults)
+    cells = charts(open_page(monkeypatch, [run], FEDERATION))["participation"]["data"][0]
+    assert cells["customdata"][0][0] == "update rejected (NaN in conv.weight)"
+    assert cells["customdata"][1][0] == "cut off"
+    assert cells["customdata"][2][1] == "dropped out (train: node unavailable)"
+    assert cells["customdata"][2][0] == "trained and evaluated"  # round 1 untouched
+    assert cells["colorbar"]["ticktext"][3:6] == ["update rejected", "cut off", "dropped out"]
+
+
 # --- the loader ------------------------------------------------------------------------------
 
 
