@@ -36,6 +36,7 @@ from task.runtime import apply_offline_environment
 from task.training import RECIPES
 
 if TYPE_CHECKING:
+    from simulations.ray_cluster import RayCluster
     from task.privacy import PrivacyConfig
 
 #: server.strategies.STRATEGY_NAMES, repeated so that --help need not import Flower
@@ -787,6 +788,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="say in the evidence that the sites or scanner differences are simulated",
     )
+    simulate.add_argument(
+        "--ray-address",
+        type=_ray_cluster,
+        metavar="HOST:PORT",
+        help="run the sites on this existing Ray cluster (its head's `ray start --head "
+        "--port`), one CPU per site, instead of on this machine; every node needs medfed "
+        "installed and the site stores at the same paths (README, On a Ray cluster). "
+        "RAY_ADDRESS is not read",
+    )
     _add_federation_options(simulate)
     _add_acceptance_option(simulate)
     simulate.set_defaults(run=_simulate)
@@ -1052,6 +1062,8 @@ def _simulate(args: argparse.Namespace) -> None:
     if len(args.site_dir or ()) < 2:
         raise _Usage("a federation needs at least two --site-dir (or a --scenario)")
     plan = resolve_plan(args.acceptance, args.task)
+    if args.ray_address is not None:
+        args.ray_address.check_reachable()  # before anything is written
     provenance = DataProvenance(
         description="site stores " + ", ".join(d.name for d in args.site_dir),
         simulated=args.simulated_data,
@@ -1075,8 +1087,19 @@ def _simulate(args: argparse.Namespace) -> None:
         pooled_baseline=not args.no_pooled_baseline,
         progress=_say,
         verbose=args.debug,
+        cluster=args.ray_address,
     )
     _print_evidence(result.evidence)
+
+
+def _ray_cluster(address: str) -> RayCluster:
+    """``--ray-address``'s HOST:PORT as a `RayCluster` (argparse: bad usage otherwise)."""
+    from simulations.ray_cluster import RayCluster
+
+    try:
+        return RayCluster.parse(address)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 #: The options a scenario file sets, refused beside --scenario when they differ from their
@@ -1108,6 +1131,7 @@ def _simulate_scenario(args: argparse.Namespace) -> None:
         verbose=args.debug,
         acceptance=args.acceptance,
         pooled_baseline=not args.no_pooled_baseline,
+        cluster=args.ray_address,
     )
     _print_evidence(result.evidence)
 

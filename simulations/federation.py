@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import ray
 from flwr.simulation import run_simulation
 
 from server.server_app import FederationConfig, build_server_app
 from server.sites import FederationError
 from simulations.baselines import train_pooled_centralized
 from simulations.faults import FaultPlan, FaultyClientApp
+from simulations.ray_cluster import RayCluster
 from site_client.client_app import build_client_app
 from site_client.ledger import PrivacyLedger
 from site_client.privacy import PrivacyRefused, ReleaseRequest, plan_release
@@ -50,6 +52,7 @@ def run_simulated_federation(
     progress: Callable[[str], None] = print,
     verbose: bool = False,
     faults: FaultPlan | None = None,
+    cluster: RayCluster | None = None,
 ) -> SimulationResult:
     """Run the federated job ``config`` over ``site_dirs``.
 
@@ -61,6 +64,9 @@ def run_simulated_federation(
     sites (`FaultyClientApp`; its site ids in the order of ``site_dirs``); with stragglers,
     the runtime runs one worker per site, as a real federation would, so that a late site
     holds up no other.
+    With ``cluster`` the sites run on that existing Ray cluster (`RayCluster.connect`),
+    checked to answer before anything is trained; without, on a private Ray instance on
+    this machine, whatever ``RAY_ADDRESS`` or a ``ray start`` here say.
     """
     apply_offline_environment()
     stores = [SiteStore.open(Path(d)) for d in site_dirs]
@@ -74,6 +80,8 @@ def run_simulated_federation(
         check_dp_sgd(config.model.architecture, config.privacy.mode)
         _check_budgets(training, config)
     config = replace(config, expected_sites=len(stores))
+    if cluster is not None:
+        cluster.check_reachable()
     timings: dict[str, float] = {}
     if pooled_baseline:
         started = time.perf_counter()
@@ -99,26 +107,37 @@ def run_simulated_federation(
     client_app = build_client_app([s.root for s in stores])
     if faults is not None:
         client_app = FaultyClientApp(client_app, faults)
+    # A cluster's nodes say what they offer (Flower's pool is one actor per CPU there);
+    # Ray refuses sizes when connecting, and is connected to by `RayCluster.connect`.
+    local_ray = {
+        "address": "local",  # never RAY_ADDRESS or a `ray start` on this machine
+        "num_cpus": cpus,
+        "num_gpus": 0,
+        "object_store_memory": OBJECT_STORE_BYTES,
+    }
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {
-            "num_cpus": cpus,
-            "num_gpus": 0,
-            "object_store_memory": OBJECT_STORE_BYTES,
+            **(local_ray if cluster is None else {}),
             "logging_level": logging.INFO if verbose else logging.ERROR,
             "log_to_driver": verbose,
         },
     }
     _quiet_flower(verbose, faults is not None and faults.has_crashes)
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
-        run_simulation(
-            server_app=build_server_app(config, progress),
-            client_app=client_app,
-            num_supernodes=len(stores),
-            backend_config=backend_config,  # type: ignore[arg-type]
-        )
+    try:
+        if cluster is not None:
+            progress(f"sites {cluster.connect(verbose)}")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
+            run_simulation(
+                server_app=build_server_app(config, progress),
+                client_app=client_app,
+                num_supernodes=len(stores),
+                backend_config=backend_config,  # type: ignore[arg-type]
+            )
+    finally:
+        ray.shutdown()  # Flower does once its backend is built, not if it fails before
     timings["flower simulation runtime"] = time.perf_counter() - started
     evidence = config.run_dir / EVIDENCE_FILE
     if not evidence.exists():

@@ -31,6 +31,7 @@ from simulations.demo import ingest_exports, prepare_output, stage_acceptance_pl
 from simulations.faults import FaultPlan
 from simulations.federation import SimulationResult, run_simulated_federation
 from simulations.phantoms import write_phantom_federation
+from simulations.ray_cluster import RayCluster
 from simulations.scenario import Scenario, ScenarioError, site_draws, site_specs
 from task.architectures import check_dp_sgd, task_of
 from task.model import ModelConfig
@@ -72,15 +73,21 @@ def run_scenario(
     verbose: bool = False,
     acceptance: Path | None = None,
     pooled_baseline: bool = True,
+    cluster: RayCluster | None = None,
 ) -> SimulationResult:
     """Make the sites of ``scenario`` under ``out`` and run its federation there
-    (`run_federation`). Its settings are checked (`ScenarioError`) before anything is
+    (`run_federation`, on ``cluster`` if given). Its settings are checked
+    (`ScenarioError`), and the cluster's head is checked to answer, before anything is
     written."""
     _checked_job(scenario, out, acceptance)
+    if cluster is not None:
+        cluster.check_reachable()
     prepare_output(out, SCENARIO_COPY, None, "scenario run")
     (out / SCENARIO_COPY).write_text(scenario.text, encoding="utf-8")
     site_dirs = make_sites(scenario, out, progress)
-    return run_federation(scenario, site_dirs, out, progress, verbose, acceptance, pooled_baseline)
+    return run_federation(
+        scenario, site_dirs, out, progress, verbose, acceptance, pooled_baseline, cluster
+    )
 
 
 def make_sites(
@@ -114,11 +121,13 @@ def run_federation(
     verbose: bool = False,
     acceptance: Path | None = None,
     pooled_baseline: bool = True,
+    cluster: RayCluster | None = None,
 ) -> SimulationResult:
     """The federation of ``scenario`` over its site stores ``site_dirs`` (`make_sites`, in
     its sites' order) into ``run_dir``, with its faults injected, judged by the acceptance
     plan ``acceptance`` (None: the task's default). ``pooled_baseline`` False skips the
-    pooled-centralized baseline whatever the scenario says."""
+    pooled-centralized baseline whatever the scenario says. ``cluster``: run the sites on
+    that existing Ray cluster instead of on this machine."""
     plan, faults, config = _checked_job(scenario, run_dir, acceptance)
     stage_acceptance_plan(plan, site_dirs, run_dir)
     for line in describe_faults(faults):
@@ -130,6 +139,7 @@ def run_federation(
         progress=progress,
         verbose=verbose,
         faults=faults,
+        cluster=cluster,
     )
 
 
