@@ -31,7 +31,7 @@ MINIMAL = "[sites]\ncount = 3\ncases = 20\n"
 
 def test_every_shipped_scenario_parses_and_reads_back_from_its_own_toml() -> None:
     assert {p.stem for p in SHIPPED} >= {
-        "small", "label-skew", "dropout", "byzantine", "unreliable-sites"
+        "small", "label-skew", "dropout", "byzantine", "unreliable-sites", "hundred-sites"
     }  # fmt: skip
     for path in SHIPPED:
         scenario = load_scenario(path)
@@ -39,6 +39,14 @@ def test_every_shipped_scenario_parses_and_reads_back_from_its_own_toml() -> Non
         assert scenario.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         again = parse_scenario(scenario_toml(scenario))
         assert replace(again, text="", file=None) == replace(scenario, text="", file=None)
+
+
+def test_the_scale_scenario_leaves_out_what_grows_with_the_square_of_its_sites() -> None:
+    """benchmarks/bench_scale.py runs it at 10, 50 and 100 sites: local-only baselines would
+    add every site's model to every site's cross-site evaluation (n x n)."""
+    scenario = load_scenario(SCENARIOS / "hundred-sites.toml")
+    assert scenario.sites.count == 100 and scenario.federation.rounds == 3
+    assert not scenario.federation.local_baselines and not scenario.federation.pooled_baseline
 
 
 def test_defaults_fill_what_a_minimal_scenario_leaves_out() -> None:
