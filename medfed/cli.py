@@ -20,6 +20,7 @@ from medfed.delivery_commands import add_deliver_command
 from medfed.deploy_commands import add_coordinator_commands, add_site_commands
 from medfed.progress import CountProgress
 from medfed.review_commands import add_review_commands
+from medfed.sweep_commands import add_sweep_command
 from task.architectures import (
     CLASSIFICATION,
     DEFAULT_MODELS,
@@ -806,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_consortium_command(commands)
     add_coordinator_commands(commands)
     _add_dashboard_command(commands)
+    add_sweep_command(commands)
     return parser
 
 

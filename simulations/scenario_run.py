@@ -79,7 +79,7 @@ def run_scenario(
     (`run_federation`, on ``cluster`` if given). Its settings are checked
     (`ScenarioError`), and the cluster's head is checked to answer, before anything is
     written."""
-    _checked_job(scenario, out, acceptance)
+    checked_job(scenario, out, acceptance)
     if cluster is not None:
         cluster.check_reachable()
     prepare_output(out, SCENARIO_COPY, None, "scenario run")
@@ -128,7 +128,7 @@ def run_federation(
     plan ``acceptance`` (None: the task's default). ``pooled_baseline`` False skips the
     pooled-centralized baseline whatever the scenario says. ``cluster``: run the sites on
     that existing Ray cluster instead of on this machine."""
-    plan, faults, config = _checked_job(scenario, run_dir, acceptance)
+    plan, faults, config = checked_job(scenario, run_dir, acceptance)
     stage_acceptance_plan(plan, site_dirs, run_dir)
     for line in describe_faults(faults):
         progress(line)
@@ -143,7 +143,7 @@ def run_federation(
     )
 
 
-def _checked_job(
+def checked_job(
     scenario: Scenario, run_dir: Path, acceptance: Path | None
 ) -> tuple[AcceptancePlan, FaultPlan, FederationConfig]:
     """The acceptance plan, fault plan and job of ``scenario``, each checked, and its data

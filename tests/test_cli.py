@@ -34,6 +34,7 @@ COMMANDS = [
     "site review list",
     "site review feedback",
     "simulate",
+    "sweep",
     "validate",
     "quantize",
     "report",
