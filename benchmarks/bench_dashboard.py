@@ -9,8 +9,9 @@
    (reading and parsing evidence.json included), then again (loaded).
 3. In a browser: ``medfed dashboard`` serving the run, each page opened in a fresh headless
    Chromium (Streamlit's frontend loaded from scratch) until it is drawn (its charts drawn,
-   no element still a loading placeholder: `dashboards.browser_check`), and each
-   page reached through the sidebar from the one before (what a user waits for).
+   no element still a loading placeholder: `dashboards.browser_check`), opened again in a
+   browser that opened it before (its cache warm: a reload, or a visit after the first),
+   and reached through the sidebar from the page before (what a user waits for).
 
 Prints a Markdown report for docs/benchmarks.md. With ``--runs``, benchmarks those run
 directories instead of a synthesised one; with ``--screenshots DIR``, saves a screenshot of
@@ -406,13 +407,14 @@ def _dashboard(runs: Sequence[Path]) -> Iterator[str]:
 
 def browser_times(
     runs: Sequence[Path], screenshots: Path | None, repeat: int = 1
-) -> tuple[dict[str, tuple[list[float], list[float], int]], float]:
-    """Per page: seconds until it was drawn when opened in a fresh browser, and when reached
-    through the sidebar from the page before (``repeat`` times each, the pages in turn); its
-    charts. Also the seconds until the first page was drawn on the server just started."""
+) -> tuple[dict[str, tuple[list[float], list[float], list[float], int]], float]:
+    """Per page: seconds until it was drawn when opened in a fresh browser, when opened
+    again in a browser that had opened it before (its cache warm), and when reached through
+    the sidebar from the page before (``repeat`` times each, the pages in turn); its charts.
+    Also the seconds until the first page was drawn on the server just started."""
     if screenshots is not None:
         screenshots.mkdir(parents=True, exist_ok=True)
-    times: dict[str, tuple[list[float], list[float], int]] = {}
+    times: dict[str, tuple[list[float], list[float], list[float], int]] = {}
     with _dashboard(runs) as base:
         first = check_page(base, PAGES[0]).log.ready_s
         for _ in range(repeat):
@@ -422,10 +424,12 @@ def browser_times(
                 if check.errors or check.foreign_requests or check.log.figures < 0:
                     problems = check.errors + check.foreign_requests or ["not drawn in time"]
                     raise RuntimeError(f"{page.title}: {problems}")
+                again = check_page(base, page, warm=True)
                 before = PAGES[i - 1]
                 hop = browse(page_url(base, before), navigation_expression(before, page))
-                fresh, hops, _ = times.setdefault(page.title, ([], [], check.log.figures))
+                fresh, warm, hops, _ = times.setdefault(page.title, ([], [], [], check.log.figures))
                 fresh.append(check.log.ready_s)
+                warm.append(again.log.ready_s)
                 hops.append(hop.ready_value["ms"] / 1000)
     return times, first
 
@@ -491,15 +495,15 @@ def main() -> None:
     )
     print(
         "| page | AppTest, not loaded (s) | AppTest, loaded (s) | browser, fresh (s) | "
-        "browser, from the sidebar (s) | charts |"
+        "browser, cache warm (s) | browser, from the sidebar (s) | charts |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for page in PAGES:
-        cold, warm = server[page.title]
-        fresh, hops, charts = browser.get(page.title, ([], [], 0))
+        cold, loaded = server[page.title]
+        fresh, warm, hops, charts = browser.get(page.title, ([], [], [], 0))
         print(
-            f"| {page.title} | {cold:.2f} | {warm:.2f} | {_spread(fresh)} | {_spread(hops)} | "
-            f"{charts} |"
+            f"| {page.title} | {cold:.2f} | {loaded:.2f} | {_spread(fresh)} | {_spread(warm)} "
+            f"| {_spread(hops)} | {charts} |"
         )
     print(
         f"\nBrowser times: median (fastest-slowest) of {args.repeat} loads each. The first "

@@ -94,13 +94,19 @@ class PageCheck:
 
 
 def check_page(
-    base_url: str, page: PageSpec, screenshot: Path | None = None, timeout: float = 120.0
+    base_url: str,
+    page: PageSpec,
+    screenshot: Path | None = None,
+    timeout: float = 120.0,
+    warm: bool = False,
 ) -> PageCheck:
-    """Open ``page`` of the dashboard at ``base_url`` and wait until it is drawn."""
+    """Open ``page`` of the dashboard at ``base_url`` and wait until it is drawn (with
+    ``warm``, a second time in the same browser, its cache warm, and check that load)."""
     log = browse(
         page_url(base_url, page),
         ready_expression(page),
         screenshot=screenshot,
         timeout=timeout,
+        warm=warm,
     )
     return PageCheck(page, log)

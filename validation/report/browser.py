@@ -285,14 +285,17 @@ def browse(
     height: int = 900,
     executable: str | None = None,
     timeout: float = 90.0,
+    warm: bool = False,
 ) -> PageLog:
     """Open ``url`` (e.g. a page a local server serves) in headless Chromium, where no host
     name but ``url``'s own resolves, with a ``width`` x ``height`` window; evaluate ``ready``
     (a JavaScript expression, a promise awaited: its value is ``ready_value``, and a number
     is also ``figures``); return what the page logged and requested, its visible text and
     the seconds until it was ready. With ``screenshot``, save a PNG of the whole page there
-    (the window made as tall as the content, then ``ready`` awaited again). `BrowserError`
-    as for `render_page`."""
+    (the window made as tall as the content, then ``ready`` awaited again). With ``warm``,
+    open ``url`` once first and await ``ready``, then time a second load of it: a visit
+    with the browser's cache warm (the log is the second load's). `BrowserError` as for
+    `render_page`."""
     executable = executable or find_chromium()
     if executable is None:
         raise BrowserError(f"no Chromium found ({INSTALL_HINT})")
@@ -317,6 +320,11 @@ def browse(
     try:
         session = _new_page(browser)
         resize(height)
+        if warm:
+            browser.call("Page.navigate", {"url": url}, session)
+            browser.wait_for("Page.loadEventFired")
+            evaluate(ready)
+            browser.events.clear()
         started = time.monotonic()
         browser.call("Page.navigate", {"url": url}, session)
         browser.wait_for("Page.loadEventFired")
