@@ -7,7 +7,6 @@ Exit status: 0 on success, 2 on bad usage, 1 on failure with a one-line reason o
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import secrets
 import sys
@@ -18,208 +17,42 @@ from typing import TYPE_CHECKING
 
 from medfed.delivery_commands import add_deliver_command
 from medfed.deploy_commands import add_coordinator_commands, add_site_commands
+from medfed.options import (
+    MODELS,
+    Usage,
+    add_acceptance_option,
+    add_federation_options,
+    add_seed,
+    add_task_option,
+    epsilon_value,
+    positive_int,
+    print_evidence,
+    privacy_config,
+    resolve_model,
+    say,
+)
 from medfed.progress import CountProgress
 from medfed.review_commands import add_review_commands
 from medfed.sweep_commands import add_sweep_command
-from task.architectures import (
-    CLASSIFICATION,
-    DEFAULT_MODELS,
-    MODEL_ZOO,
-    SEGMENTATION,
-    TASKS,
-    DPSGDUnsupported,
-    check_dp_sgd,
-    check_task,
-    model_help,
-    models_for,
-)
+from task.architectures import CLASSIFICATION, DEFAULT_MODELS, models_for
 from task.runtime import apply_offline_environment
-from task.training import RECIPES
 
 if TYPE_CHECKING:
     from simulations.ray_cluster import RayCluster
-    from task.privacy import PrivacyConfig
 
-#: server.strategies.STRATEGY_NAMES, repeated so that --help need not import Flower
-#: (tests/test_cli.py checks that the two agree).
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
-#: The model zoo's names (task.architectures, which imports no torch).
-MODELS = tuple(MODEL_ZOO)
-#: Its classifiers: what drift checks score.
+#: The model zoo's classifiers: what drift checks score.
 CLASSIFIERS = models_for(CLASSIFICATION)
-#: Each task's privacy budget unless --epsilon says otherwise: DP-SGD at epsilon 8 for
-#: classification; none for segmentation, whose U-Net learns nothing under DP-SGD at
-#: epsilon 8 on the phantoms (it predicts no lesion anywhere; README, Segmentation).
-DEFAULT_EPSILON = {CLASSIFICATION: 8.0, SEGMENTATION: math.inf}
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _add_seed(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--seed", type=_seed, default=0, metavar="S", help="random seed (default: 0)"
-    )
 
 
 def _add_phantom_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sites", type=_positive_int, default=4, metavar="N", help="phantom hospitals (default: 4)"
+        "--sites", type=positive_int, default=4, metavar="N", help="phantom hospitals (default: 4)"
     )
     parser.add_argument(
         "--cases-per-site",
-        type=_positive_int,
+        type=positive_int,
         metavar="M",
         help="cases at every site (default: 60 to 400, varied)",
-    )
-
-
-def _epsilon(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 or 'inf', got {text}")
-    return value
-
-
-def _add_privacy_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("differential privacy")
-    group.add_argument(
-        "--epsilon",
-        type=_epsilon,
-        metavar="E",
-        help="privacy budget of the run: with --dp local, what each site may spend on all it "
-        "trains in the run (local-only baseline and every round); 'inf' trains without DP "
-        "(default: 8 for classification; inf for segmentation, whose U-Net learns nothing "
-        "under DP-SGD at epsilon 8 on the phantoms: README, Segmentation)",
-    )
-    group.add_argument(
-        "--dp",
-        choices=("local", "central"),
-        default="local",
-        help="local: DP-SGD at every site (record-level, each site accounts against its own "
-        "ceiling in SITE/site.toml); central: clipping and noise at the coordinator "
-        "(site-level, the coordinator sees unnoised updates) (default: local)",
-    )
-    group.add_argument(
-        "--noise-multiplier",
-        type=float,
-        default=0.0,
-        metavar="Z",
-        help="fixed noise multiplier instead of one derived from --epsilon",
-    )
-    group.add_argument(
-        "--max-grad-norm",
-        type=float,
-        default=1.0,
-        metavar="C",
-        help="DP-SGD per-sample clipping norm; with --dp central, the update clipping norm "
-        "(default: 1.0)",
-    )
-    group.add_argument(
-        "--accountant",
-        choices=("rdp", "prv"),
-        default="rdp",
-        help="Opacus accountant the sites use (default: rdp)",
-    )
-
-
-def _privacy_config(args: argparse.Namespace) -> PrivacyConfig:
-    from task.privacy import requested_privacy
-
-    epsilon = DEFAULT_EPSILON[args.task] if args.epsilon is None else args.epsilon
-    try:
-        config = requested_privacy(
-            epsilon, args.dp, args.noise_multiplier, args.max_grad_norm, args.accountant
-        )
-    except ValueError as exc:
-        raise _Usage(str(exc)) from exc
-    try:
-        check_dp_sgd(args.model, config.mode)
-    except DPSGDUnsupported as exc:
-        raise _Usage(str(exc)) from exc
-    return config
-
-
-def _add_task_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--task",
-        choices=TASKS,
-        default=CLASSIFICATION,
-        help="classification: one score per image (AUC, sensitivity, specificity); "
-        "segmentation: a lesion mask per image, trained on the sites' masks (Dice, HD95) "
-        "(default: classification)",
-    )
-
-
-def _resolve_model(args: argparse.Namespace, attribute: str) -> None:
-    """Set ``args.<attribute>`` (``--model``, or validate's ``--architecture``) to the
-    default model of ``--task`` when not given; `_Usage` when it does another task."""
-    name = getattr(args, attribute) or DEFAULT_MODELS[args.task]
-    try:
-        check_task(name, args.task)
-    except ValueError as exc:
-        raise _Usage(str(exc)) from exc
-    setattr(args, attribute, name)
-
-
-def _add_federation_options(parser: argparse.ArgumentParser) -> None:
-    _add_task_option(parser)
-    parser.add_argument(
-        "--model",
-        choices=MODELS,
-        help=f"the model, trained with its recipe (batch, learning rate, epochs): {model_help()}"
-        " (default: --task's, "
-        + ", ".join(f"{model} for {task}" for task, model in DEFAULT_MODELS.items())
-        + ")",
-    )
-    parser.add_argument(
-        "--local-epochs",
-        type=_positive_int,
-        metavar="E",
-        help="epochs per round (default: the model's recipe: "
-        + ", ".join(f"{name} {r.local_epochs}" for name, r in RECIPES.items())
-        + ")",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=_positive_int,
-        default=10,
-        metavar="R",
-        help="federated rounds (default: 10)",
-    )
-    parser.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="fedavg",
-        help="aggregation strategy: fedavg, fedprox, fedadam, or one robust to a hostile "
-        "(Byzantine) site: fedmedian, fedtrimmedavg (cuts 20%% of each tail), krum or "
-        "multikrum (tolerating 1 hostile site) (default: fedavg)",
-        metavar="NAME",
-    )
-    _add_seed(parser)
-    _add_privacy_options(parser)
-
-
-# --- acceptance plans (validation.acceptance) ---
-def _add_acceptance_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--acceptance",
-        type=Path,
-        metavar="PLAN.toml",
-        help="acceptance plan: pre-specified criteria (metric, statistic, threshold, scope) the "
-        "evidence says pass or fail to; checked before anything runs (default: medfed's plan, "
-        "validation/plans/default.toml)",
     )
 
 
@@ -250,7 +83,7 @@ def _add_quantize_command(commands: argparse._SubParsersAction) -> None:
     )
     quantize.add_argument(
         "--calibration-cases",
-        type=_positive_int,
+        type=positive_int,
         default=128,
         metavar="N",
         help="training cases to calibrate on, at most (default: 128)",
@@ -452,7 +285,7 @@ def _demo_report(run_dir: Path) -> None:
     files = write_report(run_dir, DEMO_INTENDED_USE, pdf=find_chromium() is not None)
     print(f"report:        {files.html.resolve()}")
     if files.pdf is None:
-        _say(f"report.pdf not written: no Chromium ({INSTALL_HINT}), then medfed report {run_dir}")
+        say(f"report.pdf not written: no Chromium ({INSTALL_HINT}), then medfed report {run_dir}")
     else:
         print(f"               {files.pdf.resolve()}")
 
@@ -484,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (default: ./medfed-demo)",
     )
     _add_phantom_options(demo)
-    _add_federation_options(demo)
-    _add_acceptance_option(demo)
+    add_federation_options(demo)
+    add_acceptance_option(demo)
     demo.set_defaults(run=_demo)
 
     phantoms = commands.add_parser(
@@ -497,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     _add_phantom_options(phantoms)
     phantoms.add_argument(
-        "--image-size", type=_positive_int, default=64, help="pixels per side (default: 64)"
+        "--image-size", type=positive_int, default=64, help="pixels per side (default: 64)"
     )
-    _add_seed(phantoms)
+    add_seed(phantoms)
     phantoms.set_defaults(run=_phantoms)
 
     deid = commands.add_parser(
@@ -570,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.3,
         help="test share when labels.csv has no split (default: 0.3)",
     )
-    _add_seed(ingest)
+    add_seed(ingest)
     ingest.set_defaults(run=_ingest)
 
     quarantine = site_commands.add_parser(
@@ -647,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.3,
         help="test share when the CSV has no split (default: 0.3)",
     )
-    _add_seed(label)
+    add_seed(label)
     label.set_defaults(run=_label)
 
     budget = site_commands.add_parser(
@@ -661,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--site-dir", type=Path, required=True, help="the site store")
     budget.add_argument(
         "--max-epsilon",
-        type=_epsilon,
+        type=epsilon_value,
         metavar="E",
         help="set the most privacy loss the site accepts, over all runs",
     )
@@ -721,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(f"{model} for {task}" for task, model in DEFAULT_MODELS.items())
         + ")",
     )
-    _add_task_option(validate)
+    add_task_option(validate)
     validate.add_argument(
         "--site-dir",
         type=Path,
@@ -743,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="say in the evidence that the sites or scanner differences are simulated",
     )
-    _add_acceptance_option(validate)
+    add_acceptance_option(validate)
     validate.set_defaults(run=_validate)
 
     simulate = commands.add_parser(
@@ -798,8 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
         "installed and the site stores at the same paths (README, On a Ray cluster). "
         "RAY_ADDRESS is not read",
     )
-    _add_federation_options(simulate)
-    _add_acceptance_option(simulate)
+    add_federation_options(simulate)
+    add_acceptance_option(simulate)
     simulate.set_defaults(run=_simulate)
     _add_quantize_command(commands)
     _add_report_command(commands)
@@ -809,14 +642,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dashboard_command(commands)
     add_sweep_command(commands)
     return parser
-
-
-def _print_evidence(evidence_path: Path) -> None:
-    from validation.summary import format_summary
-
-    print(format_summary(json.loads(evidence_path.read_text())))
-    print(f"\nrun directory: {evidence_path.parent.resolve()}")
-    print(f"evidence:      {evidence_path.resolve()}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -831,11 +656,11 @@ def _demo(args: argparse.Namespace) -> None:
         cases_per_site=args.cases_per_site,
         model=args.model,
         local_epochs=args.local_epochs,
-        privacy=_privacy_config(args),
+        privacy=privacy_config(args),
         acceptance=args.acceptance,
     )
-    evidence = run_demo(config, progress=_say)
-    _print_evidence(evidence)
+    evidence = run_demo(config, progress=say)
+    print_evidence(evidence)
     _demo_report(evidence.parent)
     print(f"dashboard:     medfed dashboard {evidence.parent}")
 
@@ -861,7 +686,7 @@ def _deid(args: argparse.Namespace) -> None:
 
     if args.key is None:
         secret = secrets.token_bytes(32)
-        _say("no --key: using a one-time key; pseudonyms cannot be re-linked later")
+        say("no --key: using a one-time key; pseudonyms cannot be re-linked later")
     else:
         secret = _read_or_create_key(args.key)
     progress = CountProgress()
@@ -897,7 +722,7 @@ def _read_or_create_key(path: Path) -> bytes:
 
     if path.exists():
         return read_secret_file(path)
-    _say(f"created key file {path} (keep it: it re-links pseudonyms)")
+    say(f"created key file {path} (keep it: it re-links pseudonyms)")
     return write_secret_file(path)
 
 
@@ -1062,7 +887,7 @@ def _simulate(args: argparse.Namespace) -> None:
         _simulate_scenario(args)
         return
     if len(args.site_dir or ()) < 2:
-        raise _Usage("a federation needs at least two --site-dir (or a --scenario)")
+        raise Usage("a federation needs at least two --site-dir (or a --scenario)")
     plan = resolve_plan(args.acceptance, args.task)
     if args.ray_address is not None:
         args.ray_address.check_reachable()  # before anything is written
@@ -1079,7 +904,7 @@ def _simulate(args: argparse.Namespace) -> None:
         strategy=StrategyConfig(name=args.strategy),
         training=recipe(args.model, args.local_epochs),
         model=ModelConfig(architecture=args.model),
-        privacy=_privacy_config(args),
+        privacy=privacy_config(args),
         provenance=provenance,
     )
     stage_acceptance_plan(plan, args.site_dir, args.out)
@@ -1087,11 +912,11 @@ def _simulate(args: argparse.Namespace) -> None:
         args.site_dir,
         config,
         pooled_baseline=not args.no_pooled_baseline,
-        progress=_say,
+        progress=say,
         verbose=args.debug,
         cluster=args.ray_address,
     )
-    _print_evidence(result.evidence)
+    print_evidence(result.evidence)
 
 
 def _ray_cluster(address: str) -> RayCluster:
@@ -1124,18 +949,18 @@ def _simulate_scenario(args: argparse.Namespace) -> None:
         if getattr(args, name) != getattr(defaults, name)
     ]
     if given:
-        raise _Usage(f"the scenario sets the federation: drop {', '.join(given)}")
+        raise Usage(f"the scenario sets the federation: drop {', '.join(given)}")
     scenario = load_scenario(args.scenario)
     result = run_scenario(
         scenario,
         args.out,
-        progress=_say,
+        progress=say,
         verbose=args.debug,
         acceptance=args.acceptance,
         pooled_baseline=not args.no_pooled_baseline,
         cluster=args.ray_address,
     )
-    _print_evidence(result.evidence)
+    print_evidence(result.evidence)
 
 
 def _site_drift(args: argparse.Namespace) -> None:
@@ -1154,7 +979,7 @@ def _site_drift(args: argparse.Namespace) -> None:
     model.load_state_dict(state)
     report = check_drift(store, model, config.image_size)
     print(describe(report))
-    _say(f"report kept at {keep_report(store, report, model_sha256(ArrayRecord(state)))}")
+    say(f"report kept at {keep_report(store, report, model_sha256(ArrayRecord(state)))}")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -1168,7 +993,7 @@ def _validate(args: argparse.Namespace) -> None:
 
     classification = args.task == CLASSIFICATION
     if args.threshold is not None and not classification:
-        raise _Usage("--threshold is a classification model's operating threshold")
+        raise Usage("--threshold is a classification model's operating threshold")
     plan = resolve_plan(args.acceptance, args.task)
     model = ModelConfig(architecture=args.architecture)
     load_frozen_model(args.model, model)  # a wrong file fails here, before Ray starts
@@ -1187,21 +1012,9 @@ def _validate(args: argparse.Namespace) -> None:
     )
     stage_acceptance_plan(plan, args.site_dir, args.out)
     result = run_simulated_federation(
-        args.site_dir, config, pooled_baseline=False, progress=_say, verbose=args.debug
+        args.site_dir, config, pooled_baseline=False, progress=say, verbose=args.debug
     )
-    _print_evidence(result.evidence)
-
-
-class _Failure(RuntimeError):
-    """A failure whose message is the whole story."""
-
-
-class _Usage(ValueError):
-    """Bad usage found after parsing."""
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print_evidence(result.evidence)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1212,9 +1025,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], None] = args.run
     try:
         if hasattr(args, "task"):
-            _resolve_model(args, "architecture" if hasattr(args, "architecture") else "model")
+            resolve_model(args, "architecture" if hasattr(args, "architecture") else "model")
         command(args)
-    except _Usage as exc:
+    except Usage as exc:
         parser.print_usage(sys.stderr)
         print(f"medfed: error: {exc}", file=sys.stderr)
         return 2

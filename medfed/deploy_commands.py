@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medfed import options
+
 
 def add_coordinator_commands(commands: argparse._SubParsersAction) -> None:
     """``medfed coordinator start`` and ``medfed run``."""
-    from medfed import cli
-
     coordinator = commands.add_parser(
         "coordinator",
         help="the consortium's coordinator (Flower SuperLink)",
@@ -71,7 +71,7 @@ def add_coordinator_commands(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument(
         "--min-sites",
-        type=cli._positive_int,
+        type=options.positive_int,
         default=2,
         metavar="N",
         help="a round goes on with N sites' replies (default: 2)",
@@ -93,8 +93,8 @@ def add_coordinator_commands(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="say in the evidence that the sites or scanner differences are simulated",
     )
-    cli._add_federation_options(run)
-    cli._add_acceptance_option(run)
+    options.add_federation_options(run)
+    options.add_acceptance_option(run)
     run.set_defaults(run=_run)
 
 
@@ -160,11 +160,10 @@ def _coordinator_start(args: argparse.Namespace) -> None:
     try:
         coordinator.start()
         if args.resume:
-            from medfed.cli import _say
             from server.deploy_run import resume_interrupted
             from task.app_bundle import build_app_bundle
 
-            resume_interrupted(args.consortium.resolve(), build_app_bundle(), _say)
+            resume_interrupted(args.consortium.resolve(), build_app_bundle(), options.say)
         status = coordinator.wait()
     finally:
         coordinator.stop()
@@ -173,10 +172,11 @@ def _coordinator_start(args: argparse.Namespace) -> None:
 
 
 def _site_join(args: argparse.Namespace) -> None:
-    from medfed.cli import _say
     from site_client.join import JoinSettings, SuperNode
 
-    SuperNode(JoinSettings(args.kit, args.site_dir, args.coordinator, args.local_port), _say).run()
+    SuperNode(
+        JoinSettings(args.kit, args.site_dir, args.coordinator, args.local_port), options.say
+    ).run()
 
 
 def _site_approve(args: argparse.Namespace) -> None:
@@ -194,7 +194,6 @@ def _site_approve(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from medfed import cli
     from server.deploy_run import run_on_coordinator
     from server.server_app import DataProvenance, FederationConfig
     from server.strategies import StrategyConfig
@@ -208,7 +207,7 @@ def _run(args: argparse.Namespace) -> None:
         print(bundle.sha256)
         return
     if args.out is None:
-        raise cli._Usage("--out RUN is required")
+        raise options.Usage("--out RUN is required")
     plan = resolve_plan(args.acceptance, args.task)
     out = args.out.resolve()
     config = FederationConfig(
@@ -218,7 +217,7 @@ def _run(args: argparse.Namespace) -> None:
         strategy=StrategyConfig(name=args.strategy, min_sites=args.min_sites),
         training=recipe(args.model, args.local_epochs),
         model=ModelConfig(architecture=args.model),
-        privacy=cli._privacy_config(args),
+        privacy=options.privacy_config(args),
         provenance=DataProvenance(
             description="site stores of the consortium's sites", simulated=args.simulated_data
         ),
@@ -226,9 +225,9 @@ def _run(args: argparse.Namespace) -> None:
         timeout_s=args.round_timeout,
     )
     write_plan_record(plan, out)
-    outcome = run_on_coordinator(args.consortium, config, bundle, cli._say)
-    cli._say(
+    outcome = run_on_coordinator(args.consortium, config, bundle, options.say)
+    options.say(
         f"run {outcome.run_id} {outcome.status} in {outcome.seconds:.0f} s; the coordinator "
         f"sent {outcome.bytes_sent} and received {outcome.bytes_recv} bytes"
     )
-    cli._print_evidence(out / "evidence.json")
+    options.print_evidence(out / "evidence.json")

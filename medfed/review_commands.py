@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medfed import options
 from medfed.delivery_commands import add_scoring_options
 
 
 def add_review_commands(site_commands: argparse._SubParsersAction) -> None:
     """``medfed site review build|list|feedback``."""
-    from medfed import cli
-
     review = site_commands.add_parser(
         "review",
         help="human review at the site: uncertain cases with heatmaps, and corrected labels",
@@ -77,7 +76,7 @@ def add_review_commands(site_commands: argparse._SubParsersAction) -> None:
         default=0.3,
         help="test share of the received cases labelled (default: 0.3)",
     )
-    cli._add_seed(feedback)
+    options.add_seed(feedback)
     feedback.set_defaults(run=_feedback)
 
 

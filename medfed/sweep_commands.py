@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from medfed import options
+
 _T = TypeVar("_T")
 
 
 def add_sweep_command(commands: argparse._SubParsersAction) -> None:
     """``medfed sweep --scenario FILE --out DIR [--strategies] [--epsilons] [--seeds]``."""
-    from medfed import cli
-
     sweep = commands.add_parser(
         "sweep",
         help="a scenario's federation over strategies x epsilons x seeds, in one table",
@@ -39,7 +39,7 @@ def add_sweep_command(commands: argparse._SubParsersAction) -> None:
         type=_list_of(_strategy),
         default=(),
         metavar="A,B",
-        help=f"strategies, comma-separated ({', '.join(cli.STRATEGIES)}; default: the "
+        help=f"strategies, comma-separated ({', '.join(options.STRATEGIES)}; default: the "
         "scenario's); the scenario's other [strategy] settings are kept",
     )
     sweep.add_argument(
@@ -64,7 +64,7 @@ def add_sweep_command(commands: argparse._SubParsersAction) -> None:
         help="skip the pooled-centralized baseline (trained by default, once per epsilon and "
         "seed, whatever the scenario says)",
     )
-    cli._add_acceptance_option(sweep)
+    options.add_acceptance_option(sweep)
     sweep.set_defaults(run=_sweep)
 
 
@@ -81,11 +81,9 @@ def _list_of(parse: Callable[[str], _T]) -> Callable[[str], tuple[_T, ...]]:
 
 
 def _strategy(text: str) -> str:
-    from medfed.cli import STRATEGIES
-
-    if text not in STRATEGIES:
+    if text not in options.STRATEGIES:
         raise argparse.ArgumentTypeError(
-            f"unknown strategy {text!r}; choose from {', '.join(STRATEGIES)}"
+            f"unknown strategy {text!r}; choose from {', '.join(options.STRATEGIES)}"
         )
     return text
 
@@ -107,7 +105,6 @@ def _seed(text: str) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from medfed.cli import _Failure, _say
     from simulations.scenario import load_scenario
     from simulations.sweep import SweepConfig, run_sweep
 
@@ -120,9 +117,11 @@ def _sweep(args: argparse.Namespace) -> None:
         pooled_baseline=not args.no_pooled_baseline,
         acceptance=args.acceptance,
     )
-    result = run_sweep(config, progress=_say, verbose=args.debug)
+    result = run_sweep(config, progress=options.say, verbose=args.debug)
     print(result.table)
     print(f"\ntable:  {result.markdown.resolve()}")
     print(f"runs:   {result.csv.resolve()}")
     if result.failed:
-        raise _Failure(f"{len(result.failed)} of {len(result.outcomes)} runs failed: see the table")
+        raise options.Failure(
+            f"{len(result.failed)} of {len(result.outcomes)} runs failed: see the table"
+        )

@@ -252,7 +252,7 @@ def test_demo_reruns_in_place_with_identical_results(tmp_path: Path) -> None:
 
 
 def test_cli_strategy_and_model_choices_are_the_packages() -> None:
-    from medfed.cli import MODELS, STRATEGIES
+    from medfed.options import MODELS, STRATEGIES
     from server.strategies import STRATEGY_NAMES
     from task.model import ARCHITECTURES
     from task.training import RECIPES
