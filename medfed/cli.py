@@ -13,7 +13,6 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from medfed.delivery_commands import add_deliver_command
 from medfed.deploy_commands import add_coordinator_commands, add_site_commands
@@ -22,6 +21,7 @@ from medfed.options import (
     Usage,
     add_acceptance_option,
     add_federation_options,
+    add_ray_address_option,
     add_seed,
     add_task_option,
     epsilon_value,
@@ -36,9 +36,6 @@ from medfed.review_commands import add_review_commands
 from medfed.sweep_commands import add_sweep_command
 from task.architectures import CLASSIFICATION, DEFAULT_MODELS, models_for
 from task.runtime import apply_offline_environment
-
-if TYPE_CHECKING:
-    from simulations.ray_cluster import RayCluster
 
 #: The model zoo's classifiers: what drift checks score.
 CLASSIFIERS = models_for(CLASSIFICATION)
@@ -622,15 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="say in the evidence that the sites or scanner differences are simulated",
     )
-    simulate.add_argument(
-        "--ray-address",
-        type=_ray_cluster,
-        metavar="HOST:PORT",
-        help="run the sites on this existing Ray cluster (its head's `ray start --head "
-        "--port`), one CPU per site, instead of on this machine; every node needs medfed "
-        "installed and the site stores at the same paths (README, On a Ray cluster). "
-        "RAY_ADDRESS is not read",
-    )
+    add_ray_address_option(simulate)
     add_federation_options(simulate)
     add_acceptance_option(simulate)
     simulate.set_defaults(run=_simulate)
@@ -917,16 +906,6 @@ def _simulate(args: argparse.Namespace) -> None:
         cluster=args.ray_address,
     )
     print_evidence(result.evidence)
-
-
-def _ray_cluster(address: str) -> RayCluster:
-    """``--ray-address``'s HOST:PORT as a `RayCluster` (argparse: bad usage otherwise)."""
-    from simulations.ray_cluster import RayCluster
-
-    try:
-        return RayCluster.parse(address)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 #: The options a scenario file sets, refused beside --scenario when they differ from their

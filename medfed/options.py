@@ -26,6 +26,7 @@ from task.architectures import (
 from task.training import RECIPES
 
 if TYPE_CHECKING:
+    from simulations.ray_cluster import RayCluster
     from task.privacy import PrivacyConfig
 
 #: server.strategies.STRATEGY_NAMES, repeated so that --help need not import Flower
@@ -228,3 +229,26 @@ class Usage(ValueError):
 def say(line: str) -> None:
     """Print a progress line to stderr."""
     print(line, file=sys.stderr, flush=True)
+
+
+def ray_cluster(address: str) -> RayCluster:
+    """An argparse type: ``--ray-address``'s HOST:PORT as a `RayCluster`."""
+    from simulations.ray_cluster import RayCluster
+
+    try:
+        return RayCluster.parse(address)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_ray_address_option(parser: argparse.ArgumentParser) -> None:
+    """``--ray-address HOST:PORT``: the sites on an existing Ray cluster."""
+    parser.add_argument(
+        "--ray-address",
+        type=ray_cluster,
+        metavar="HOST:PORT",
+        help="run the sites on this existing Ray cluster (its head's `ray start --head "
+        "--port`), one CPU per site, instead of on this machine; every node needs medfed "
+        "installed and the site stores at the same paths (README, On a Ray cluster). "
+        "RAY_ADDRESS is not read",
+    )

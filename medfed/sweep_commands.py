@@ -65,6 +65,7 @@ def add_sweep_command(commands: argparse._SubParsersAction) -> None:
         "seed, whatever the scenario says)",
     )
     options.add_acceptance_option(sweep)
+    options.add_ray_address_option(sweep)
     sweep.set_defaults(run=_sweep)
 
 
@@ -116,6 +117,7 @@ def _sweep(args: argparse.Namespace) -> None:
         seeds=args.seeds,
         pooled_baseline=not args.no_pooled_baseline,
         acceptance=args.acceptance,
+        cluster=args.ray_address,
     )
     result = run_sweep(config, progress=options.say, verbose=args.debug)
     print(result.table)

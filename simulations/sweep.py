@@ -39,6 +39,7 @@ from typing import Any
 
 from server.strategies import STRATEGY_NAMES
 from simulations.demo import prepare_output
+from simulations.ray_cluster import RayCluster
 from simulations.scenario import Scenario, ScenarioError, derived
 from simulations.scenario_run import (
     SCENARIO_COPY,
@@ -81,7 +82,8 @@ class SweepConfig:
     and every training seed in ``seeds``; an empty axis is the scenario's own value.
     ``pooled_baseline`` trains the pooled-centralized model (once per epsilon and seed)
     whatever the scenario says; ``acceptance``: the acceptance plan file (None: the task's
-    default). `SweepError` for a bad axis value, naming its option."""
+    default); ``cluster``: run every run's sites on that existing Ray cluster. `SweepError`
+    for a bad axis value, naming its option."""
 
     scenario: Scenario
     out: Path
@@ -90,6 +92,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = ()
     pooled_baseline: bool = True
     acceptance: Path | None = None
+    cluster: RayCluster | None = None
 
     def __post_init__(self) -> None:
         for name in self.strategies:
@@ -394,6 +397,8 @@ def run_sweep(
             checked_job(point.scenario(config.scenario), out / RUNS / point.name, config.acceptance)
         except ScenarioError as exc:
             raise SweepError(f"{point.name}: {exc}") from exc
+    if config.cluster is not None:
+        config.cluster.check_reachable()
     prepare_output(out, SWEEP_MARKER, None, "sweep")
     (out / SCENARIO_COPY).write_text(config.scenario.text, encoding="utf-8")
     _write_marker(config, points, [], "running")
@@ -417,6 +422,7 @@ def run_sweep(
                 verbose,
                 config.acceptance,
                 pooled_baseline=pooled,
+                cluster=config.cluster,
             )
             outcome = read_outcome(point, run_dir, time.perf_counter() - started)
         except Exception as exc:  # one run's failure is the table's, not the sweep's

@@ -196,14 +196,15 @@ def test_without_ray_address_a_run_stays_on_this_machine_whatever_ray_address_sa
     assert (tmp_path / "run" / "evidence.json").exists()
 
 
+@pytest.mark.parametrize("command", ["simulate", "sweep"])
 def test_an_address_where_no_cluster_answers_is_one_line_and_writes_nothing(
-    tmp_path: Path,
+    command: str, tmp_path: Path
 ) -> None:
     small = Path(__file__).resolve().parents[1] / "simulations" / "scenarios" / "small.toml"
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     result = medfed(
-        "simulate", "--scenario", small, "--out", tmp_path / "run", "--ray-address", address
+        command, "--scenario", small, "--out", tmp_path / "run", "--ray-address", address
     )
     assert time.monotonic() - started < 60
     assert result.returncode == 1
