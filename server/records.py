@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,6 @@ from task.audit import COORDINATOR, AuditEntry, AuditEvent, AuditLog
 from task.signing import SIGNATURES, model_sha256, sign_model
 
 ROUNDS_FILE = "rounds.jsonl"
-#: Seconds between two pulls of a round's replies.
-PULL_INTERVAL_S = 0.2
 WIRE_FILE = "wire.jsonl"
 
 
@@ -137,21 +134,8 @@ class AuditedGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Push ``messages`` and pull their replies every `PULL_INTERVAL_S` until all have
-        come or ``timeout`` seconds have passed (None: no limit), as Flower's grids do but
-        for their interval: its deployment grid sleeps 3 s between pulls, about 1.5 s added
-        to every exchange of a consortium's run."""
         messages = [self._sent(m) for m in messages]
-        waiting = set(self._grid.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while True:
-            pulled = list(self._grid.pull_messages(waiting))
-            replies += pulled
-            waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
-            if not waiting or (deadline is not None and time.monotonic() >= deadline):
-                break
-            time.sleep(PULL_INTERVAL_S)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         replies = _attributed(replies, messages, set(self.site_of))
         for reply in replies:
             self._received(reply)
