@@ -2,7 +2,8 @@
 server is ready for its first visitor: the imports a page needs (pandas and pyarrow for
 tables) and the run directories, read and parsed into the dashboard's cache, are loaded
 while Streamlit starts (`warm_up`, before ``medfed dashboard`` announces its address)
-instead of during the first page a browser opens.
+instead of during the first page a browser opens. It also serves plotly.js's cartesian bundle
+for the charts, and asks each page to load it early (`dashboards.plotly_chart`).
 
 ``streamlit run dashboards/server.py -- RUN ...`` finds the ``app`` below and serves it.
 """
@@ -15,8 +16,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import streamlit as st
+from starlette.middleware import Middleware
 
 from dashboards import ui
+from dashboards.plotly_chart import PreloadBundle, bundle_route
 
 
 def warm_up(paths: Sequence[Path]) -> None:
@@ -40,4 +43,9 @@ async def _lifespan(app: st.App) -> AsyncIterator[None]:
     yield
 
 
-app = st.App("app.py", lifespan=_lifespan)
+app = st.App(
+    "app.py",
+    lifespan=_lifespan,
+    routes=[bundle_route()],
+    middleware=[Middleware(PreloadBundle)],
+)

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboards.pages import END_PREFIX
+from dashboards.plotly_chart import plotly_chart
 from dashboards.runs import (
     EVIDENCE_FILE,
     Estimate,
@@ -144,8 +145,8 @@ def footer(title: str, shown: Sequence[RunDir]) -> None:
 
 
 def chart(figure: go.Figure, key: str) -> None:
-    """A Plotly figure, full width."""
-    st.plotly_chart(figure, width="stretch", config=PLOTLY_CONFIG, key=CHART_KEY_PREFIX + key)
+    """A Plotly figure, full width (`dashboards.plotly_chart`)."""
+    plotly_chart(figure, CHART_KEY_PREFIX + key, PLOTLY_CONFIG)
 
 
 def number(value: float | None, digits: int = 3) -> str:

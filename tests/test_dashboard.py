@@ -26,6 +26,7 @@ from dashboards.pages import (
     TRAINING,
     PageSpec,
 )
+from dashboards.plotly_chart import COMPONENT_NAME
 from dashboards.runs import EvidenceGap, Node, load_run, load_runs
 from dashboards.ui import CHART_KEY_PREFIX, NO_RUNS
 
@@ -57,11 +58,12 @@ def texts(app: AppTest) -> str:
 
 
 def charts(app: AppTest) -> dict[str, dict[str, Any]]:
-    """The page's Plotly figures by chart key."""
+    """The page's Plotly figures (the chart component's data) by chart key."""
     figures = {}
-    for element in app.get("plotly_chart"):
+    for element in app.get("bidi_component"):
+        assert element.proto.component_name == COMPONENT_NAME
         key = element.proto.id.split(f"-{CHART_KEY_PREFIX}", 1)[1]
-        figures[key] = json.loads(element.proto.spec)
+        figures[key] = json.loads(json.loads(element.proto.json)["figure"])
     return figures
 
 
@@ -399,7 +401,7 @@ def test_a_broken_run_directory_is_a_message_on_every_page(
     app = open_page(monkeypatch, [make(tmp_path)], page)
     errors = [e.value for e in app.error]
     assert len(errors) == 1 and message in errors[0], errors
-    assert not app.get("plotly_chart")
+    assert not charts(app)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.url_path)

@@ -6,11 +6,13 @@ whose drift check alarms (``medfed validate``)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ from dashboards.pages import (
     TRAINING,
     PageSpec,
 )
+from dashboards.plotly_chart import BUNDLE, BUNDLE_URL, PRELOAD_TAG
 from dashboards.runs import load_runs
 from validation.drift import PSI_ALARM
 from validation.report.browser import browse, find_chromium
@@ -90,6 +93,9 @@ def _check(address: str, page: PageSpec, shot: Path, charts: int, visible: list[
     assert check.errors == [], (page.title, check.errors)
     assert check.foreign_requests == [], (page.title, check.foreign_requests)
     assert check.log.requests, "the page loaded nothing from the dashboard"
+    # plotly.js's cartesian bundle from the dashboard, once; not Streamlit's full plotly.js.
+    assert sum(url.endswith(BUNDLE_URL) for url in check.log.requests) == 1, page.title
+    assert not [url for url in check.log.requests if "PlotlyChart" in url]
     for text in [page.title, "scanner differences simulated", *visible]:
         assert text in check.log.text, (page.title, text)
     assert "Traceback" not in check.log.text
@@ -154,3 +160,28 @@ def test_a_page_opened_again_is_drawn_from_the_browsers_cache(dashboard: str) ->
     # One load's requests (cached ones included), not both loads'.
     assert 0 < len(check.log.requests) <= len(fresh.log.requests)
     assert "Cross-site matrix" in check.log.text
+
+
+def _get(url: str) -> tuple[dict[str, str], bytes]:
+    """GET ``url`` as a browser would (gzip accepted): its headers and its decoded body."""
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        body = response.read()
+    if headers.get("content-encoding") == "gzip":
+        body = gzip.decompress(body)
+    return headers, body
+
+
+def test_every_page_asks_for_the_dashboards_own_plotly_js_early(dashboard: str) -> None:
+    """Each page's HTML (at the root and at its own path) fetches the charts' plotly.js
+    while Streamlit starts; the dashboard serves it as JavaScript, cacheable for good."""
+    for page in PAGES:
+        headers, html = _get(page_url(dashboard, page))
+        assert headers["content-type"].startswith("text/html")
+        assert html.count(PRELOAD_TAG.encode()) == 1, page.title
+        assert html.index(PRELOAD_TAG.encode()) < html.index(b"</head>")
+    headers, script = _get(dashboard + BUNDLE_URL)
+    assert headers["content-type"].startswith("text/javascript")
+    assert "immutable" in headers["cache-control"]
+    assert script == BUNDLE.read_bytes()

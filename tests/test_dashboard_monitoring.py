@@ -110,4 +110,4 @@ def test_monitoring_page_without_drift_says_which_command_checks_it(
     app = open_page(monkeypatch, [demo_run], MONITORING)
     assert [e.value for e in app.info] == [NO_DRIFT]
     assert "`medfed validate --model CKPT --site-dir SITE [...] --out RUN`" in NO_DRIFT
-    assert not app.get("plotly_chart") and not app.dataframe
+    assert not charts(app) and not app.dataframe

@@ -181,4 +181,4 @@ def test_evidence_of_a_task_this_dashboard_does_not_know_is_a_message(
     (run / "evidence.json").write_text(json.dumps(evidence))
     app = open_page(monkeypatch, [run], page)
     assert "`run.task` is 'detection', a task this dashboard does not know" in texts(app)
-    assert not app.get("plotly_chart")
+    assert not charts(app)

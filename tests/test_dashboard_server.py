@@ -1,14 +1,17 @@
 """What ``medfed dashboard`` serves around the pages (`dashboards.server`): the run
-directories are loaded before the first visit."""
+directories are loaded before the first visit; the charts' plotly.js is the release plotly.py
+writes figures for."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import plotly.offline
 import pytest
 
 from dashboards import ui
 from dashboards.launch import SERVER, streamlit_command
+from dashboards.plotly_chart import BUNDLE, BUNDLE_URL, PLOTLY_JS_VERSION
 from dashboards.server import warm_up
 
 
@@ -30,3 +33,13 @@ def test_warm_up_loads_the_runs_into_the_dashboards_cache(
     monkeypatch.setattr(ui, "load_run", no_reading)
     (run,) = ui.runs([demo_run])
     assert run.evidence is not None and run.evidence.sites
+
+
+def test_the_charts_plotly_js_is_the_release_plotly_py_writes_figures_for() -> None:
+    """A plotly.py upgrade that writes figures for another plotly.js fails here until the
+    cartesian bundle of that release replaces `BUNDLE`."""
+    assert plotly.offline.get_plotlyjs_version() == PLOTLY_JS_VERSION
+    header = BUNDLE.read_text(encoding="utf-8")[:300]
+    assert f"plotly.js (cartesian - minified) v{PLOTLY_JS_VERSION}" in header
+    assert "Licensed under the MIT license" in header
+    assert PLOTLY_JS_VERSION in BUNDLE_URL
