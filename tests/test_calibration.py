@@ -121,6 +121,40 @@ def test_separated_classes_have_no_slope() -> None:
     json.dumps(result.to_dict())
 
 
+@pytest.mark.parametrize(
+    ("positives", "negatives", "separated"),
+    [
+        # Confidently wrong: its negatives in the top bin, more certain than its positives.
+        ({7.98: 2}, {8.5: 29}, True),
+        # Its positives in the bottom bin, its negatives just above.
+        ({-8.5: 26}, {-7.8: 2}, True),
+        ({-8.5: 49, -7.98: 25}, {-8.5: 1, -7.98: 12, 7.6: 17}, False),
+    ],
+)
+def test_a_confident_wrong_model_is_assessed(
+    positives: dict[float, int], negatives: dict[float, int], separated: bool
+) -> None:
+    """The fits start where every fitted probability is near 0 or 1; they reach the maximum
+    likelihood (the score equations hold) instead of failing on a singular matrix. (A central
+    DP test's global model did this: its evidence could not be written.)"""
+    logits = [x for cases in (positives, negatives) for x, k in cases.items() for _ in range(k)]
+    labels = [1] * sum(positives.values()) + [0] * sum(negatives.values())
+    hist = ScoreHistogram.from_logits(logits, labels)
+    x = BIN_LOGITS[score_bin_index(np.array(logits))]
+    result = assess_calibration(hist)
+    a = result.calibration_in_the_large
+    assert a.ci_low < a.value < a.ci_high
+    assert np.sum(expit(a.value + x)) == pytest.approx(sum(labels), rel=1e-6)
+    intercept, slope = result.intercept, result.slope
+    if separated:  # the slope would be infinite
+        assert intercept.value is None and slope.value is None
+        return
+    assert intercept.value is not None and slope.value is not None
+    fitted = expit(intercept.value + slope.value * x)
+    assert fitted.sum() == pytest.approx(sum(labels), rel=1e-6)
+    assert fitted @ x == pytest.approx(np.dot(labels, x), rel=1e-6)
+
+
 def test_calibration_to_dict_is_json_ready() -> None:
     logits, labels = calibrated_sample(np.random.default_rng(35), 500)
     result = assess_calibration(ScoreHistogram.from_logits(logits, labels), n_groups=5)

@@ -156,6 +156,10 @@ def brier_binning_error_bound(hist: ScoreHistogram) -> float:
     return float(per_case / hist.n)
 
 
+#: Enough halvings to bring any finite step below the smallest float.
+_MAX_HALVINGS = 2100
+
+
 def _fit_logistic(
     design: np.ndarray, offset: np.ndarray, positives: np.ndarray, totals: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +167,12 @@ def _fit_logistic(
 
     Newton-Raphson with step halving from ``coef = 0``; returns ``coef`` and its covariance
     (the inverse Fisher information). The caller ensures the maximum exists.
+
+    A step is halved until the likelihood does not fall, as many times as that takes: where
+    the fitted probabilities are all near 0 or 1 (a confident model that is wrong, its cases
+    in the outermost bins) the information is tiny and the full step astronomically long,
+    and a step still that long after a few dozen halvings would land where every probability
+    rounds to 0 or 1 and the information is singular. No step uphill means the maximum.
     """
 
     def log_likelihood(coef: np.ndarray) -> float:
@@ -172,15 +182,20 @@ def _fit_logistic(
     coef = np.zeros(design.shape[1])
     current = log_likelihood(coef)
     for _ in range(100):
-        p = expit(offset + design @ coef)
-        information = design.T @ (design * (totals * p * (1.0 - p))[:, None])
+        eta = offset + design @ coef
+        p = expit(eta)
+        # p * (1 - p) as expit(eta) * expit(-eta): 1 - p rounds to 0 from eta = 37 on.
+        information = design.T @ (design * (totals * p * expit(-eta))[:, None])
         step = np.linalg.solve(information, design.T @ (positives - totals * p))
-        # Halve a step that overshoots (the likelihood is concave, so one that rises exists).
-        for _ in range(50):
+        # Halve a step that overshoots (the likelihood is concave, so one that rises exists
+        # unless coef is the maximum to working precision).
+        for _ in range(_MAX_HALVINGS):
             candidate = log_likelihood(coef + step)
             if candidate >= current:
                 break
             step /= 2
+        else:
+            return coef, np.linalg.inv(information)
         coef, current = coef + step, candidate
         if np.abs(step).max() < 1e-10:
             return coef, np.linalg.inv(information)
