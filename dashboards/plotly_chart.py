@@ -101,8 +101,9 @@ def _component() -> ComponentRenderer:
 
 def plotly_chart(figure: go.Figure, key: str, config: dict[str, Any]) -> None:
     """Draw ``figure`` full width with Plotly ``config`` as the element ``key`` (Streamlit
-    gives its container the CSS class ``st-key-<key>``), in `TEMPLATE`'s look."""
-    figure = go.Figure(figure).update_layout(template=TEMPLATE)
+    gives its container the CSS class ``st-key-<key>``), in `TEMPLATE`'s look (set on
+    ``figure`` itself: the pages make a figure per chart and draw it once)."""
+    figure.update_layout(template=TEMPLATE)
     _component()(data={"figure": figure.to_json(), "config": config}, key=key)
 
 
@@ -161,7 +162,7 @@ class PreloadBundle:
             if message.get("more_body"):
                 return
             content = b"".join(body)
-            response_headers = [(k, v) for k, v in start.get("headers", [])]
+            response_headers = list(start.get("headers", []))
             is_html = any(
                 k.lower() == b"content-type" and v.startswith(b"text/html")
                 for k, v in response_headers
